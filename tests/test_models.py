@@ -1,0 +1,175 @@
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from lm_lab.config import compose
+from lm_lab.errors import ConfigError
+from lm_lab.models import (
+    GPT,
+    ModelConfig,
+    chinchilla_flops_per_token,
+    flops_per_token,
+    non_embedding_params,
+    param_count,
+)
+from lm_lab.optim import OptimizerConfig, build_optimizer, param_groups
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+# Radford et al. 2019, Table 2, as exact counts of the released checkpoints (vocab 50257, context 1024, tied head)
+PUBLISHED = {
+    "gpt2_small": (124e6, 124_439_808),
+    "gpt2_medium": (355e6, 354_823_168),
+    "gpt2_large": (774e6, 774_030_080),
+    "gpt2_xl": (1558e6, 1_557_611_200),
+}
+
+
+def named(name: str, **overrides) -> ModelConfig:
+    """The model `run.py model=NAME` builds, with field overrides."""
+    values = OmegaConf.to_container(compose([f"model={name}"]).model, resolve=True)
+    return ModelConfig(**{**values, **overrides})
+
+
+def real_count(cfg: ModelConfig) -> int:
+    with torch.device("meta"):
+        model = GPT(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_named_sizes_match_published_gpt2(name):
+    published, exact = PUBLISHED[name]
+    cfg = named(name, vocab_size=50257)  # padded to 50304 rows, as the lab trains it
+    assert abs(real_count(cfg) - published) / published < 0.01
+    unpadded = named(name, vocab_size=50257, pad_vocab_multiple=1)
+    assert real_count(unpadded) == exact == param_count(unpadded)
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "model").glob("*.yaml")), ids=lambda p: p.stem)
+def test_formula_counts_equal_module_counts(path):
+    for bias in (True, False):
+        cfg = named(path.stem, vocab_size=4096, bias=bias)
+        assert param_count(cfg) == real_count(cfg)
+        with torch.device("meta"):
+            model = GPT(cfg)
+        embeddings = model.wte.weight.numel() + model.wpe.weight.numel()
+        assert non_embedding_params(cfg) == real_count(cfg) - embeddings
+
+
+def test_flops_per_token_formula():
+    cfg = named("gpt2_small", vocab_size=50257)
+    n_matmul = non_embedding_params(cfg) + 50304 * 768
+    assert flops_per_token(cfg, 1024) == 6 * n_matmul + 12 * 12 * 1024 * 768
+    # Chinchilla App. F counts the input embedding as a one-hot matmul and ignores biases/norms; without the
+    # embedding term the two counts agree within 1% at every GPT-2 size.
+    for name in PUBLISHED:
+        cfg = named(name, vocab_size=50257)
+        appendix_f = chinchilla_flops_per_token(cfg, 1024) - 6 * cfg.padded_vocab_size * cfg.d_model
+        assert abs(appendix_f / flops_per_token(cfg, 1024) - 1) < 0.01
+
+
+def test_invalid_shape_names_the_field():
+    with pytest.raises(ConfigError, match=r"model\.n_head=5 does not divide model\.d_model=128"):
+        ModelConfig(n_head=5, d_model=128)
+    with pytest.raises(ConfigError, match=r"model\.attn_dropout"):
+        ModelConfig(attn_dropout=1.5)
+
+
+def test_causal_masking(tiny_config):
+    model = GPT(tiny_config).eval()
+    idx = torch.randint(0, 97, (2, 16))
+    changed = idx.clone()
+    changed[:, 10] = (idx[:, 10] + 1) % 97
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :10], b[:, :10], rtol=0, atol=0)  # the past does not see the future
+    assert (a[:, 10:] - b[:, 10:]).abs().amax() > 1e-4
+
+
+@pytest.mark.parametrize("site", ["attn_dropout", "embd_dropout", "resid_dropout"])
+def test_dropout_on_in_training_off_in_eval(tiny_config, site):
+    from dataclasses import replace
+
+    cfg = replace(tiny_config, dropout=0.0, **{site: 0.5})
+    model = GPT(cfg)
+    idx = torch.randint(0, 97, (2, 16))
+    model.train()
+    assert not torch.equal(model(idx), model(idx)), f"{site} must be active in training"
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), model(idx), rtol=0, atol=0)
+        plain = GPT(replace(cfg, **{site: 0.0}))
+        plain.load_state_dict(model.state_dict())
+        plain.eval()
+        torch.testing.assert_close(model(idx), plain(idx), rtol=0, atol=0)  # eval == no dropout at all
+
+
+def test_loss_at_init_is_near_uniform(tiny_config):
+    model = GPT(tiny_config)
+    idx = torch.randint(0, 97, (4, 17))
+    loss = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+    assert abs(loss.item() - math.log(128)) < 0.1  # 97 ids padded to 128 logits, all near zero
+
+
+def test_optimizer_steps_lower_the_loss_on_a_fixed_batch(tiny_config):
+    model = GPT(tiny_config)
+    opt = build_optimizer(model, OptimizerConfig(lr=3e-3))
+    idx = torch.randint(0, 97, (4, 17))
+    losses = []
+    for _ in range(30):
+        loss = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_weight_decay_only_on_matrices(tiny_config):
+    model = GPT(tiny_config)
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all(p.ndim == 2 for p in decay["params"])
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "wte.weight" in decayed and "blocks.0.attn.qkv.weight" in decayed
+    assert not any("ln" in names[id(p)] or names[id(p)].endswith(".bias") for p in decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_parity_with_huggingface_gpt2():
+    transformers = pytest.importorskip("transformers")
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=97, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+    )
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    ours = GPT(ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=97, pad_vocab_multiple=1)).eval()
+    sd = hf.transformer.state_dict()
+    mapping = {
+        "wte.weight": "wte.weight",
+        "wpe.weight": "wpe.weight",
+        "ln_f.weight": "ln_f.weight",
+        "ln_f.bias": "ln_f.bias",
+    }
+    for i in range(2):
+        for ours_name, hf_name in [
+            ("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
+            ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj"),
+        ]:  # fmt: skip
+            for p in ("weight", "bias"):
+                mapping[f"blocks.{i}.{ours_name}.{p}"] = f"h.{i}.{hf_name}.{p}"
+    state = {}
+    for ours_name, hf_name in mapping.items():
+        t = sd[hf_name]
+        # HF's Conv1D stores (in, out); nn.Linear stores (out, in)
+        state[ours_name] = t.t() if t.ndim == 2 and ".c_" in hf_name else t
+    state["lm_head.weight"] = state["wte.weight"]
+    ours.load_state_dict(state)
+    idx = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx), hf(idx).logits, rtol=1e-5, atol=1e-5)
