@@ -1,0 +1,69 @@
+"""Tokens seen, tokens per second and (where the device's peak is known) MFU, over Lightning's `Throughput`."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.throughput import Throughput, get_available_flops
+from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+
+
+class TokenThroughput(L.Callback):
+    """Logs `train/tokens` and `throughput/{tokens_per_sec, tokens_per_sec_per_device, flops_per_sec_per_device, mfu}`.
+
+    Measured at logging steps only (after gradient accumulation, validation time excluded), over a rolling
+    window of `window_size` logging steps; CUDA is synchronised only then, so it does not slow the run it
+    measures. Tokens seen are derived from the global step, so they stay right after a resume.
+    """
+
+    def __init__(self, window_size: int = 5):
+        self.window_size = window_size
+        self.tokens_per_step = 0
+        self.flops_per_token = 0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        peak = get_available_flops(trainer.strategy.root_device, _plugin_to_compute_dtype(trainer.precision_plugin))
+        self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window_size)
+        self._elapsed, self._t0, self._last_step = 0.0, time.perf_counter(), trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if not self.tokens_per_step:
+            micro, seq_len = batch.shape[0], batch.shape[1] - 1
+            self.tokens_per_step = micro * seq_len * trainer.accumulate_grad_batches * trainer.world_size
+            self.flops_per_token = pl_module.flops_per_token(seq_len)
+        step = trainer.global_step
+        if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
+            return
+        if step == self._last_step:
+            return
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()
+        world = trainer.world_size
+        tokens_per_device = step * self.tokens_per_step // world  # Throughput counts per device
+        self._throughput.update(
+            time=self._elapsed + time.perf_counter() - self._t0,
+            batches=step,
+            samples=tokens_per_device,
+            lengths=tokens_per_device,
+            flops=(step - self._last_step) * self.tokens_per_step * self.flops_per_token / world,
+        )
+        self._last_step = step
+        pl_module.log("train/tokens", float(step * self.tokens_per_step))
+        metrics = self._throughput.compute()
+        if "device/items_per_sec" in metrics:
+            pl_module.log("throughput/tokens_per_sec", metrics["device/items_per_sec"] * world)
+            pl_module.log("throughput/tokens_per_sec_per_device", metrics["device/items_per_sec"])
+        if "device/flops_per_sec" in metrics:
+            pl_module.log("throughput/flops_per_sec_per_device", metrics["device/flops_per_sec"])
+        if "device/mfu" in metrics:
+            pl_module.log("throughput/mfu", metrics["device/mfu"])
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._elapsed += time.perf_counter() - self._t0  # stop the clock during validation
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._t0 = time.perf_counter()
