@@ -1,0 +1,180 @@
+"""Train a language model: `python run.py [experiment=NAME] [model=NAME] [group.key=value ...]`.
+
+The one training path. It composes the config (conf/), validates all of it, then builds in one visible
+sequence data -> model -> callbacks -> loggers -> trainer, trains, and leaves the evidence in the run
+directory: the resolved config, TensorBoard logs, checkpoints and results.json.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lm_lab.config import RunConfig, register_schemas, world_size_of
+from lm_lab.data.datamodule import LMDataModule
+from lm_lab.errors import ConfigError, raise_if
+from lm_lab.fileio import atomic_write_json, atomic_write_text
+from lm_lab.models import flops_per_token, non_embedding_params, param_count
+from lm_lab.module import LMModule
+
+log = logging.getLogger("lm_lab")
+
+register_schemas()  # typed defaults for every group, before Hydra composes
+IMPLEMENTED = {"budget": ("none",), "init": ("random",)}  # later work fills these groups
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: bf16-mixed on a CUDA GPU that supports it, full fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def train(cfg: DictConfig) -> dict:
+    started = time.time()
+    run_dir = Path(cfg.run_dir)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    trainer_kwargs = dict(plain["trainer"])
+    trainer_kwargs["precision"] = resolve_precision(
+        trainer_kwargs["precision"], trainer_kwargs.get("accelerator", "auto")
+    )
+    world_size = world_size_of(trainer_kwargs)
+    raise_if(
+        [
+            f"{group}.name={plain[group]['name']!r} is not available yet; choose one of {list(names)}"
+            for group, names in IMPLEMENTED.items()
+            if plain[group]["name"] not in names
+        ]
+    )
+    run = RunConfig.from_dict(plain, world_size=world_size)  # every check, before any work
+    tr = run.train
+
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    atomic_write_text(run_dir / "config.yaml", resolved)
+    log.info("resolved config (saved to %s):\n%s", run_dir / "config.yaml", resolved)
+    L.seed_everything(tr.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls for any fp32 work
+
+    data = LMDataModule(
+        run.data,
+        run.tokenizer,
+        seq_len=tr.seq_len,
+        micro_batch_size=tr.micro_batch_size,
+        val_tokens=tr.val_tokens,
+        seed=tr.seed,
+    )
+    module = LMModule(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    trainer = L.Trainer(
+        **trainer_kwargs,
+        max_steps=tr.max_steps,
+        accumulate_grad_batches=run.accumulate_grad_batches,
+        val_check_interval=tr.val_every * run.accumulate_grad_batches,  # counted in micro-batches
+        check_val_every_n_epoch=None,  # validate on the step count, across epoch boundaries
+        log_every_n_steps=tr.log_every,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=run_dir,
+    )
+    if trainer.world_size != world_size:
+        raise ConfigError(
+            f"trainer started {trainer.world_size} processes, expected {world_size}; set trainer.devices explicitly"
+        )
+
+    data.prepare_data()
+    data.setup("fit")
+    fpt = flops_per_token(run.model, tr.seq_len)
+    log.info(
+        "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %d steps x %d tokens = %.3g tokens, %.3g FLOPs | "
+        "batch %d = %d micro x %d accumulation x %d devices | precision %s",
+        run.model.name, f"{param_count(run.model):,}", f"{non_embedding_params(run.model):,}", fpt,
+        tr.max_steps, run.tokens_per_step, tr.max_steps * run.tokens_per_step, tr.max_steps * run.tokens_per_step * fpt,
+        tr.batch_size, tr.micro_batch_size, run.accumulate_grad_batches, world_size, trainer_kwargs["precision"],
+    )  # fmt: skip
+    log.info(
+        "data %s: %s train / %s val tokens, tokenizer %s | outputs in %s",
+        run.data.name, f"{len(data.splits['train']):,}", f"{len(data.splits['val']):,}", data.tokenizer.name, run_dir,
+    )  # fmt: skip
+
+    fit_started = time.time()
+    trainer.fit(module, datamodule=data)
+    train_seconds = time.time() - fit_started
+    if not trainer.interrupted and module.last_val_step != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)  # score the final weights
+    val_loss = float(trainer.callback_metrics.get("val/loss", math.nan))
+
+    tokens = trainer.global_step * run.tokens_per_step
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_score if checkpoint is not None else None
+    results = {
+        "val_loss": val_loss,
+        "val_ppl": math.exp(val_loss) if math.isfinite(val_loss) else math.nan,
+        "best_val_loss": float(best) if best is not None else val_loss,
+        "val_unigram_entropy": data.val_unigram_entropy(),
+        "val_tokens": len(data.val_starts()) * tr.seq_len,
+        "steps": trainer.global_step,
+        "tokens": tokens,
+        "epochs": tokens / len(data.splits["train"]),
+        "flops": tokens * fpt,
+        "flops_per_token": fpt,
+        "params": param_count(run.model),
+        "params_non_embedding": non_embedding_params(run.model),
+        "tokens_per_step": run.tokens_per_step,
+        "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else math.nan,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.time() - started,
+        "stop_reason": "interrupted"
+        if trainer.interrupted
+        else "max_steps"
+        if trainer.global_step >= tr.max_steps
+        else "stopped",
+        "model": run.model.name,
+        "n_layer": run.model.n_layer,
+        "n_head": run.model.n_head,
+        "d_model": run.model.d_model,
+        "vocab_size": run.model.vocab_size,
+        "seq_len": tr.seq_len,
+        "batch_size": tr.batch_size,
+        "lr": run.optimizer.lr,
+        "seed": tr.seed,
+        "tokenizer": data.tokenizer.name,
+        "data": run.data.name,
+        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+    }
+    if trainer.is_global_zero:
+        atomic_write_json(run_dir / "results.json", results)
+        log.info(
+            "val_loss %.4f (ppl %.2f) vs unigram entropy %.4f nats | %d steps, %s tokens, %.1f s | %s",
+            val_loss, results["val_ppl"], results["val_unigram_entropy"], trainer.global_step, f"{tokens:,}",
+            results["wall_seconds"], run_dir / "results.json",
+        )  # fmt: skip
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # memmap windows need none
+    try:
+        return train(cfg)["val_loss"]
+    except ConfigError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
