@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lm_lab.config import RunConfig, register_schemas, world_size_of
 from lm_lab.data.datamodule import LMDataModule
-from lm_lab.errors import ConfigError, raise_if
+from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json, atomic_write_text
 from lm_lab.models import flops_per_token, non_embedding_params, param_count
 from lm_lab.module import LMModule
@@ -31,7 +31,6 @@ from lm_lab.module import LMModule
 log = logging.getLogger("lm_lab")
 
 register_schemas()  # typed defaults for every group, before Hydra composes
-IMPLEMENTED = {"budget": ("none",), "init": ("random",)}  # later work fills these groups
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
@@ -51,13 +50,6 @@ def train(cfg: DictConfig) -> dict:
         trainer_kwargs["precision"], trainer_kwargs.get("accelerator", "auto")
     )
     world_size = world_size_of(trainer_kwargs)
-    raise_if(
-        [
-            f"{group}.name={plain[group]['name']!r} is not available yet; choose one of {list(names)}"
-            for group, names in IMPLEMENTED.items()
-            if plain[group]["name"] not in names
-        ]
-    )
     run = RunConfig.from_dict(plain, world_size=world_size)  # every check, before any work
     tr = run.train
 
@@ -111,14 +103,21 @@ def train(cfg: DictConfig) -> dict:
     )  # fmt: skip
 
     fit_started = time.time()
-    trainer.fit(module, datamodule=data)
+    try:
+        trainer.fit(module, datamodule=data)
+    except SystemExit:  # Lightning exits after a graceful Ctrl-C: record what the run reached, then exit
+        if not trainer.interrupted:
+            raise
     train_seconds = time.time() - fit_started
+    checkpoint = trainer.checkpoint_callback
     if not trainer.interrupted and module.last_val_step != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)  # score the final weights
+        # max_steps fell between validations: score the final weights and make them the last checkpoint
+        trainer.validate(module, datamodule=data, verbose=False)
+        if checkpoint is not None:
+            trainer.save_checkpoint(Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}.ckpt")
     val_loss = float(trainer.callback_metrics.get("val/loss", math.nan))
 
     tokens = trainer.global_step * run.tokens_per_step
-    checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
     results = {
         "val_loss": val_loss,
@@ -126,6 +125,7 @@ def train(cfg: DictConfig) -> dict:
         "best_val_loss": float(best) if best is not None else val_loss,
         "val_unigram_entropy": data.val_unigram_entropy(),
         "val_tokens": len(data.val_starts()) * tr.seq_len,
+        "val_step": module.last_val_step,
         "steps": trainer.global_step,
         "tokens": tokens,
         "epochs": tokens / len(data.splits["train"]),
@@ -162,12 +162,15 @@ def train(cfg: DictConfig) -> dict:
             val_loss, results["val_ppl"], results["val_unigram_entropy"], trainer.global_step, f"{tokens:,}",
             results["wall_seconds"], run_dir / "results.json",
         )  # fmt: skip
+    if trainer.interrupted:
+        sys.exit(130)
     return results
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # memmap windows need none
+    warnings.filterwarnings("ignore", message=".*isinstance\(treespec, LeafSpec\).*")  # Lightning vs newer torch
     try:
         return train(cfg)["val_loss"]
     except ConfigError as e:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig
 
-from lm_lab.data.datamodule import DataConfig
+from lm_lab.data.config import DataConfig
 from lm_lab.data.tokenizers import TokenizerConfig
 from lm_lab.errors import ConfigError, raise_if
 from lm_lab.models import ModelConfig
@@ -86,8 +86,23 @@ class RunConfig:
         train, model = built["train"], built["model"]
         if train is not None:
             problems += _check_train(train, model, world_size)
+        problems += _check_trainer(cfg.get("trainer") or {})
+        for group, names in IMPLEMENTED.items():
+            name = (cfg.get(group) or {}).get("name")
+            if name not in names:
+                problems.append(f"{group}.name={name!r} is not available yet; choose one of {list(names)}")
         raise_if(problems)
         return cls(**built, world_size=world_size)
+
+
+IMPLEMENTED = {"budget": ("none",), "init": ("random",)}  # groups that later work fills
+
+
+def _check_trainer(trainer: dict) -> list[str]:
+    accelerator = trainer.get("accelerator", "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        return [f"trainer.accelerator={accelerator!r} but no CUDA GPU is visible; use trainer=auto or trainer=cpu"]
+    return []
 
 
 def _build(klass, group: str, values: dict, problems: list[str]):

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
@@ -28,7 +29,10 @@ def test_design_groups_exist():
     [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
 )
 def test_every_yaml_composes_and_validates(override):
-    run = run_config([override])
+    plain = _plain([override])
+    if plain["trainer"]["accelerator"] == "gpu" and not torch.cuda.is_available():
+        plain["trainer"]["accelerator"] = "cpu"  # the GPU-on-CPU refusal has its own test below
+    run = RunConfig.from_dict(plain)
     assert run.train.seq_len <= run.model.block_size
     assert run.model.vocab_size == run.tokenizer.vocab_size
 
@@ -65,6 +69,8 @@ def _plain(overrides):
         (["model.vocab_size=100"], r"model\.vocab_size=100 is smaller than tokenizer\.vocab_size=4096"),
         (["optimizer.lr=-1"], r"optimizer\.lr=-1"),
         (["tokenizer.name=wordpiece"], r"tokenizer\.name='wordpiece' is unknown"),
+        (["budget.name=a100_3h"], r"budget\.name='a100_3h' is not available yet"),
+        (["+train.epochs=3"], r"train\.epochs is not a train setting"),
     ],
 )
 def test_bad_configs_name_the_field(overrides, message):
@@ -81,3 +87,9 @@ def test_all_problems_are_reported_at_once():
 def test_unknown_group_option_lists_the_choices():
     with pytest.raises(MissingConfigException, match="gpt2_huge"):
         run_config(["model=gpt2_huge"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+def test_gpu_trainer_on_a_cpu_machine_is_refused():
+    with pytest.raises(ConfigError, match=r"trainer\.accelerator='gpu' but no CUDA GPU is visible"):
+        run_config(["trainer=gpu"])

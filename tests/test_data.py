@@ -3,7 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from lm_lab.data.datamodule import DataConfig, LMDataModule
+from lm_lab.data.config import DataConfig
+from lm_lab.data.datamodule import LMDataModule
 from lm_lab.data.embedded import Document, embedded_documents
 from lm_lab.data.tokenizers import BPETokenizer, ByteTokenizer, TokenizerConfig
 from lm_lab.data.tokens import open_split, read_meta, split_of, unigram_entropy, write_token_dir

@@ -3,8 +3,10 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT_KEYS = {
-    "val_loss", "val_ppl", "best_val_loss", "val_unigram_entropy", "val_tokens", "steps", "tokens", "epochs", "flops",
+    "val_loss", "val_ppl", "best_val_loss", "val_unigram_entropy", "val_tokens", "val_step", "steps", "tokens", "epochs", "flops",
     "flops_per_token", "params", "params_non_embedding", "tokens_per_step", "tokens_per_sec", "train_seconds",
     "wall_seconds", "stop_reason", "model", "n_layer", "n_head", "d_model", "vocab_size", "seq_len", "batch_size", "lr",
     "seed", "tokenizer", "data", "overrides",
@@ -28,11 +30,12 @@ def run(args: list[str], cache: Path, timeout: int = 300) -> subprocess.Complete
 
 @pytest.mark.slow
 def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
+    # 25 steps with validation every 10: the end falls between validations, so run.py scores the final weights
     out = tmp_path / "run"
     task = [
         "experiment=smoke",
-        "train.max_steps=30",
-        "train.val_every=15",
+        "train.max_steps=25",
+        "train.val_every=10",
         "trainer=cpu",
         "callbacks.throughput.window_size=2",
     ]
@@ -41,23 +44,23 @@ def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert set(results) == RESULT_KEYS
-    assert results["steps"] == 30 and results["stop_reason"] == "max_steps"
-    assert results["tokens"] == 30 * 8 * 128 == results["steps"] * results["tokens_per_step"]
+    assert results["steps"] == 25 and results["stop_reason"] == "max_steps" and results["val_step"] == 25
+    assert results["tokens"] == 25 * 8 * 128 == results["steps"] * results["tokens_per_step"]
     assert results["flops"] == results["tokens"] * results["flops_per_token"]
     assert results["val_ppl"] == pytest.approx(math.exp(results["val_loss"]))
-    # the smoke model learns something real in 30 steps: below the uniform loss over its 4096-token vocabulary
+    # the smoke model learns something real in 25 steps: below the uniform loss over its 4096-token vocabulary
     assert results["val_loss"] < math.log(4096) - 0.5
     assert 3.0 < results["val_unigram_entropy"] < math.log(4096)
     assert results["params"] > results["params_non_embedding"] > 0
     assert results["overrides"] == task
     # evidence: resolved config, TensorBoard events with the metrics, checkpoints that load safely
     config = (out / "config.yaml").read_text()
-    assert "max_steps: 30" in config and "${" not in config
+    assert "max_steps: 25" in config and "${" not in config
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(events[0]))
+    acc = EventAccumulator(str(out / "tensorboard"))  # all event files: the final validate() opens a new one
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {
@@ -69,10 +72,12 @@ def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
         "train/tokens",
         "throughput/tokens_per_sec",
     } <= tags
+    assert [e.step for e in acc.Scalars("val/loss")] == [9, 19, 25]
     assert acc.Scalars("val/loss")[-1].value == pytest.approx(results["val_loss"], rel=1e-5)
-    assert [e.step for e in acc.Scalars("train/tokens")] == [9, 19, 29]  # logged every 10 optimizer steps
+    assert [e.step for e in acc.Scalars("train/tokens")] == [9, 19]  # logged every 10 optimizer steps
+    assert [e.value for e in acc.Scalars("train/tokens")] == [10 * 1024, 20 * 1024]
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert ckpt["global_step"] == 30 and "model.wte.weight" in ckpt["state_dict"]
+    assert ckpt["global_step"] == 25 and "model.wte.weight" in ckpt["state_dict"] and ckpt["optimizer_states"]
     assert list((out / "checkpoints").glob("best-step*.ckpt"))
 
 
@@ -94,7 +99,36 @@ def test_bad_config_fails_before_any_work(tmp_path, override, message):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-def test_unknown_model_name_lists_the_choices(tmp_path):
-    proc = run(["model=gpt2_huge", f"hydra.run.dir={tmp_path}"], tmp_path / "cache", timeout=120)
+@pytest.mark.parametrize(("override", "choice"), [("model=gpt2_huge", "gpt2_medium"), ("data=owt", "embedded")])
+def test_unknown_group_option_lists_the_choices(tmp_path, override, choice):
+    proc = run([override, f"hydra.run.dir={tmp_path}"], tmp_path / "cache", timeout=120)
     assert proc.returncode != 0
-    assert "Could not find 'model/gpt2_huge'" in proc.stderr and "gpt2_medium" in proc.stderr
+    group, name = override.split("=")
+    assert f"Could not find '{group}/{name}'" in proc.stderr and choice in proc.stderr
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_results_and_checkpoint(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    env = {**os.environ, "LM_LAB_CACHE": str(cache_dir), "CUDA_VISIBLE_DEVICES": ""}
+    args = ["experiment=smoke", "train.max_steps=100000", "train.val_every=5", "trainer=cpu", f"hydra.run.dir={out}"]
+    proc = subprocess.Popen(
+        [sys.executable, "run.py", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not (out / "checkpoints" / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["stop_reason"] == "interrupted"
+    assert 5 <= results["steps"] < 100000 and results["val_step"] >= 5
+    assert math.isfinite(results["val_loss"])
+    torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -12,37 +12,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from lm_lab.data.config import DataConfig
 from lm_lab.data.embedded import embedded_documents
 from lm_lab.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, TokenizerConfig
 from lm_lab.data.tokens import open_split, read_meta, split_of, unigram_entropy, write_token_dir
 from lm_lab.data.windows import EpochWindowSampler, TokenWindows, sequential_starts
 from lm_lab.errors import ConfigError, raise_if
 
-SOURCES = ("embedded",)
-
-
-@dataclass
-class DataConfig:
-    """Where the text comes from and how it is split and cached."""
-
-    name: str = "embedded"
-    """Corpus: `embedded` (the Python standard library's sources and pydoc topics)."""
-    cache_dir: str = "~/.cache/lm_lab"
-    """Tokenizers and token files are cached here, keyed by the corpus content."""
-    val_fraction: float = 0.1
-    """Fraction of documents held out for validation, chosen by a hash of each document's id."""
-    num_workers: int = 0
-    """DataLoader worker processes; reading windows from a memory map is cheap, so 0 is usually right."""
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.name not in SOURCES:
-            problems.append(f"data.name={self.name!r} is unknown; choose one of {list(SOURCES)}")
-        if not (isinstance(self.val_fraction, float | int) and 0 < self.val_fraction < 1):
-            problems.append(f"data.val_fraction={self.val_fraction!r} must be in (0, 1), e.g. 0.05")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            problems.append(f"data.num_workers={self.num_workers!r} must be an integer >= 0")
-        raise_if(problems)
+log = logging.getLogger(__name__)
 
 
 class LMDataModule(L.LightningDataModule):
@@ -96,6 +73,7 @@ class LMDataModule(L.LightningDataModule):
         tok_path, token_dir = self._dirs(content_hash)
         tokenizer = self._tokenizer(tok_path, docs)
         if not (token_dir / "meta.json").exists():
+            log.info("tokenising %d documents of %r into %s (once; cached)", len(docs), self.cfg.name, token_dir)
             info = {"source": self.cfg.name, "content_hash": content_hash}
             write_token_dir(token_dir, docs, tokenizer, self.cfg.val_fraction, info=info)
 
@@ -126,6 +104,11 @@ class LMDataModule(L.LightningDataModule):
         if self.tokenizer_cfg.name == "bytes":
             return ByteTokenizer()
         if not path.exists():  # trained on the training split only, so validation text stays unseen
+            log.info(
+                "training a %d-token byte-level BPE on the training split (once; cached at %s)",
+                self.tokenizer_cfg.vocab_size,
+                path,
+            )
             train_text = (d.text for d in docs if split_of(d.doc_id, self.cfg.val_fraction) == "train")
             BPETokenizer.train(train_text, self.tokenizer_cfg.vocab_size).save(path)
         return BPETokenizer.load(path)
