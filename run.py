@@ -38,7 +38,8 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
         return precision
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+    # only GPUs with native bf16 (Ampere and newer); emulated bf16 on older ones is slower than fp32
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
 
 def train(cfg: DictConfig) -> dict:
@@ -67,6 +68,7 @@ def train(cfg: DictConfig) -> dict:
         micro_batch_size=tr.micro_batch_size,
         val_tokens=tr.val_tokens,
         seed=tr.seed,
+        batch_size=tr.batch_size,
     )
     module = LMModule(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
@@ -87,8 +89,6 @@ def train(cfg: DictConfig) -> dict:
             f"trainer started {trainer.world_size} processes, expected {world_size}; set trainer.devices explicitly"
         )
 
-    data.prepare_data()
-    data.setup("fit")
     fpt = flops_per_token(run.model, tr.seq_len)
     log.info(
         "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %d steps x %d tokens = %.3g tokens, %.3g FLOPs | "
@@ -96,10 +96,6 @@ def train(cfg: DictConfig) -> dict:
         run.model.name, f"{param_count(run.model):,}", f"{non_embedding_params(run.model):,}", fpt,
         tr.max_steps, run.tokens_per_step, tr.max_steps * run.tokens_per_step, tr.max_steps * run.tokens_per_step * fpt,
         tr.batch_size, tr.micro_batch_size, run.accumulate_grad_batches, world_size, trainer_kwargs["precision"],
-    )  # fmt: skip
-    log.info(
-        "data %s: %s train / %s val tokens, tokenizer %s | outputs in %s",
-        run.data.name, f"{len(data.splits['train']):,}", f"{len(data.splits['val']):,}", data.tokenizer.name, run_dir,
     )  # fmt: skip
 
     fit_started = time.time()
@@ -109,15 +105,9 @@ def train(cfg: DictConfig) -> dict:
         if not trainer.interrupted:
             raise
     train_seconds = time.time() - fit_started
-    checkpoint = trainer.checkpoint_callback
-    if not trainer.interrupted and module.last_val_step != trainer.global_step:
-        # max_steps fell between validations: score the final weights and make them the last checkpoint
-        trainer.validate(module, datamodule=data, verbose=False)
-        if checkpoint is not None:
-            trainer.save_checkpoint(Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}.ckpt")
     val_loss = float(trainer.callback_metrics.get("val/loss", math.nan))
-
     tokens = trainer.global_step * run.tokens_per_step
+    checkpoint = trainer.checkpoint_callback
     best = checkpoint.best_model_score if checkpoint is not None else None
     results = {
         "val_loss": val_loss,
@@ -156,7 +146,9 @@ def train(cfg: DictConfig) -> dict:
         "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
     }
     if trainer.is_global_zero:
-        atomic_write_json(run_dir / "results.json", results)
+        # strict JSON: a loss that does not exist (no validation yet) is null, not NaN
+        finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()}
+        atomic_write_json(run_dir / "results.json", finite)
         log.info(
             "val_loss %.4f (ppl %.2f) vs unigram entropy %.4f nats | %d steps, %s tokens, %.1f s | %s",
             val_loss, results["val_ppl"], results["val_unigram_entropy"], trainer.global_step, f"{tokens:,}",

@@ -36,7 +36,7 @@ def sync(device: torch.device) -> None:
 def bare_loop(cfg: ModelConfig, batches: list[torch.Tensor], device: torch.device, bf16: bool) -> list[float]:
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
-    opt = build_optimizer(model, OptimizerConfig())
+    opt = build_optimizer(model, OptimizerConfig(), fused=device.type == "cuda")
     sched = LambdaLR(opt, lr_multiplier(SchedulerConfig(warmup_steps=0), len(batches)))
     times, last = [], None
     for batch in batches:

@@ -30,11 +30,14 @@ class TokenThroughput(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if not self.tokens_per_step:
-            micro, seq_len = batch.shape[0], batch.shape[1] - 1
-            self.tokens_per_step = micro * seq_len * trainer.accumulate_grad_batches * trainer.world_size
-            self.flops_per_token = pl_module.flops_per_token(seq_len)
+            micro, self.seq_len = batch.shape[0], batch.shape[1] - 1
+            self.tokens_per_step = micro * self.seq_len * trainer.accumulate_grad_batches * trainer.world_size
+            self.flops_per_token = pl_module.flops_per_token(self.seq_len)
         step = trainer.global_step
-        if trainer.fit_loop._should_accumulate() or not trainer._logger_connector.should_update_logs:
+        if trainer.fit_loop._should_accumulate():
+            return
+        # the logger also writes at the last step (the module asks the run to stop there, after this hook)
+        if not (trainer._logger_connector.should_update_logs or step >= trainer.max_steps):
             return
         if step == self._last_step:
             return
@@ -45,7 +48,7 @@ class TokenThroughput(L.Callback):
         self._throughput.update(
             time=self._elapsed + time.perf_counter() - self._t0,
             batches=step,
-            samples=tokens_per_device,
+            samples=tokens_per_device // self.seq_len,
             lengths=tokens_per_device,
             flops=(step - self._last_step) * self.tokens_per_step * self.flops_per_token / world,
         )

@@ -17,7 +17,7 @@ from lm_lab.data.config import DataConfig
 from lm_lab.data.tokenizers import TokenizerConfig
 from lm_lab.errors import ConfigError, raise_if
 from lm_lab.models import ModelConfig
-from lm_lab.optim import OptimizerConfig, SchedulerConfig
+from lm_lab.optim import OptimizerConfig, SchedulerConfig, lr_multiplier
 
 
 @dataclass
@@ -86,6 +86,11 @@ class RunConfig:
         train, model = built["train"], built["model"]
         if train is not None:
             problems += _check_train(train, model, world_size)
+        if not problems and built["scheduler"] is not None:
+            try:  # the schedule must fit in the run (e.g. warmup <= max_steps)
+                lr_multiplier(built["scheduler"], train.max_steps)
+            except ConfigError as e:
+                problems += e.problems
         problems += _check_trainer(cfg.get("trainer") or {})
         for group, names in IMPLEMENTED.items():
             name = (cfg.get(group) or {}).get("name")

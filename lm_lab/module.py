@@ -62,6 +62,12 @@ class LMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
+        # Lightning validates on the interval or when told to stop, not at max_steps between intervals: ask it to
+        # stop at the last step, so the final weights are scored inside fit, logged and checkpointed (last/best).
+        if self.global_step >= self.max_steps:
+            self.trainer.should_stop = True
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.val_loss.update(self.loss(batch), weight=batch.shape[0] * (batch.shape[1] - 1))
 
@@ -75,13 +81,17 @@ class LMModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Clip here rather than with Trainer(gradient_clip_val): Lightning's AMP plugin refuses that with fused
-        # AdamW. Gradients are already unscaled at this point.
+        # AdamW. Gradients are unscaled here: bf16 has no loss scaling, and with fp16 the optimizer is not fused
+        # (see configure_optimizers), so Lightning unscales before this hook.
         clip = self.optimizer_config.grad_clip or math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
         self.log("train/grad_norm", norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])  # the LR this step applies
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optimizer_config)
+        # Fused AdamW unscales fp16 gradients inside step(), after this module clips them; so no fusing with a
+        # GradScaler (16-mixed), where clipping must see unscaled gradients.
+        fused = self.device.type == "cuda" and self.trainer.precision != "16-mixed"
+        optimizer = build_optimizer(self.model, self.optimizer_config, fused=fused)
         scheduler = LambdaLR(optimizer, lr_multiplier(self.scheduler_config, self.max_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

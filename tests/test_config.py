@@ -69,6 +69,7 @@ def _plain(overrides):
         (["model.vocab_size=100"], r"model\.vocab_size=100 is smaller than tokenizer\.vocab_size=4096"),
         (["optimizer.lr=-1"], r"optimizer\.lr=-1"),
         (["tokenizer.name=wordpiece"], r"tokenizer\.name='wordpiece' is unknown"),
+        (["train.max_steps=20"], r"scheduler\.warmup_steps=40 exceeds train\.max_steps=20"),
         (["budget.name=a100_3h"], r"budget\.name='a100_3h' is not available yet"),
         (["+train.epochs=3"], r"train\.epochs is not a train setting"),
     ],

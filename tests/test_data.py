@@ -103,6 +103,19 @@ def test_epoch_sampler_visits_disjoint_windows_deterministically():
     assert list(sampler) != e0
 
 
+def test_an_epoch_is_a_whole_number_of_global_batches():
+    sampler = EpochWindowSampler(1000, seq_len=16, seed=3, multiple_of=8)
+    assert len(sampler) == 56  # 61 windows fit, rounded down to 7 batches of 8
+    left_out = []
+    for epoch in range(4):
+        starts = sampler.starts(epoch)
+        assert len(starts) == 56 and len(set(starts.tolist())) == 56
+        phase = starts[0] % 16
+        left_out.append(set(range(phase, phase + 16 * 61, 16)) - set(starts.tolist()))
+        assert all(len(x) == 5 for x in left_out[-1:])
+    assert len({frozenset((s - s % 16) for s in x) for x in left_out}) > 1  # not the same text left out each epoch
+
+
 def test_sequential_starts_cover_each_target_once():
     assert sequential_starts(100, 10) == [0, 10, 20, 30, 40, 50, 60, 70, 80]
     assert sequential_starts(100, 10, max_tokens=25) == [0, 10]

@@ -30,7 +30,8 @@ def run(args: list[str], cache: Path, timeout: int = 300) -> subprocess.Complete
 
 @pytest.mark.slow
 def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
-    # 25 steps with validation every 10: the end falls between validations, so run.py scores the final weights
+    # 25 steps with validation every 10: the end falls between validations, and the final weights are still
+    # scored inside fit, so they are logged and checkpointed like any validation
     out = tmp_path / "run"
     task = [
         "experiment=smoke",
@@ -60,7 +61,7 @@ def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
     assert events
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(out / "tensorboard"))  # all event files: the final validate() opens a new one
+    acc = EventAccumulator(str(out / "tensorboard"))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {
@@ -72,13 +73,19 @@ def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
         "train/tokens",
         "throughput/tokens_per_sec",
     } <= tags
-    assert [e.step for e in acc.Scalars("val/loss")] == [9, 19, 25]
+    assert [e.step for e in acc.Scalars("val/loss")] == [9, 19, 24]  # Lightning logs step k as k - 1
     assert acc.Scalars("val/loss")[-1].value == pytest.approx(results["val_loss"], rel=1e-5)
-    assert [e.step for e in acc.Scalars("train/tokens")] == [9, 19]  # logged every 10 optimizer steps
-    assert [e.value for e in acc.Scalars("train/tokens")] == [10 * 1024, 20 * 1024]
+    # logged every 10 optimizer steps and at the last one
+    assert [(e.step, e.value) for e in acc.Scalars("train/tokens")] == [
+        (9, 10 * 1024),
+        (19, 20 * 1024),
+        (24, 25 * 1024),
+    ]
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["global_step"] == 25 and "model.wte.weight" in ckpt["state_dict"] and ckpt["optimizer_states"]
-    assert list((out / "checkpoints").glob("best-step*.ckpt"))
+    best = list((out / "checkpoints").glob("best-step*.ckpt"))
+    assert len(best) == 1
+    assert results["best_val_loss"] == min(e.value for e in acc.Scalars("val/loss"))
 
 
 @pytest.mark.parametrize(
@@ -113,20 +120,22 @@ def test_ctrl_c_leaves_results_and_checkpoint(tmp_path, cache_dir):
     out = tmp_path / "run"
     env = {**os.environ, "LM_LAB_CACHE": str(cache_dir), "CUDA_VISIBLE_DEVICES": ""}
     args = ["experiment=smoke", "train.max_steps=100000", "train.val_every=5", "trainer=cpu", f"hydra.run.dir={out}"]
-    proc = subprocess.Popen(
-        [sys.executable, "run.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.time() + 120
-    while not (out / "checkpoints" / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-2000:]
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:  # a file, not a pipe: a full pipe would block the run's progress bar
+        proc = subprocess.Popen(
+            [sys.executable, "run.py", *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+        deadline = time.time() + 180
+        while not (out / "checkpoints" / "last.ckpt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, log.read_text()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"no exit after Ctrl-C:\n{log.read_text()[-2000:]}") from None
+    assert proc.returncode == 130, log.read_text()[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert results["stop_reason"] == "interrupted"
     assert 5 <= results["steps"] < 100000 and results["val_step"] >= 5

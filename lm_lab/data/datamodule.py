@@ -32,12 +32,14 @@ class LMDataModule(L.LightningDataModule):
         micro_batch_size: int,
         val_tokens: int | None,
         seed: int,
+        batch_size: int | None = None,
     ):
         super().__init__()
         self.cfg = data
         self.tokenizer_cfg = tokenizer
         self.seq_len = seq_len
         self.micro_batch_size = micro_batch_size
+        self.batch_size = batch_size or micro_batch_size  # global batch: an epoch holds whole steps
         self.val_tokens = val_tokens
         self.seed = seed
         self.tokenizer: Tokenizer | None = None
@@ -92,13 +94,20 @@ class LMDataModule(L.LightningDataModule):
         self.meta = meta
         self.splits = {s: open_split(token_dir, s, meta) for s in ("train", "val")}
         problems = []
+        need = {"train": (self.batch_size + 1) * self.seq_len, "val": 2 * self.seq_len}
         for split, tokens in self.splits.items():
-            if len(tokens) < 2 * (self.seq_len + 1):
+            if len(tokens) < need[split]:
                 problems.append(
-                    f"the {split} split of data.name={self.cfg.name!r} has {len(tokens)} tokens, too few for "
-                    f"train.seq_len={self.seq_len}; lower seq_len or change data.val_fraction={self.cfg.val_fraction}"
+                    f"the {split} split of data.name={self.cfg.name!r} has {len(tokens)} tokens, fewer than the "
+                    f"{need[split]} that train.seq_len={self.seq_len} and train.batch_size={self.batch_size} need; "
+                    f"lower them or change data.val_fraction={self.cfg.val_fraction}"
                 )
         raise_if(problems)
+        if self.trainer is None or self.trainer.is_global_zero:
+            log.info(
+                "data %s: %s train / %s val tokens, tokenizer %s, cached in %s",
+                self.cfg.name, f"{len(self.splits['train']):,}", f"{len(self.splits['val']):,}", self.tokenizer.name, token_dir,
+            )  # fmt: skip
 
     def _tokenizer(self, path: Path, docs: list) -> Tokenizer:
         if self.tokenizer_cfg.name == "bytes":
@@ -118,8 +127,7 @@ class LMDataModule(L.LightningDataModule):
         return DataLoader(
             TokenWindows(tokens, self.seq_len),
             batch_size=self.micro_batch_size,
-            sampler=EpochWindowSampler(len(tokens), self.seq_len, self.seed),
-            drop_last=True,
+            sampler=EpochWindowSampler(len(tokens), self.seq_len, self.seed, multiple_of=self.batch_size),
             num_workers=self.cfg.num_workers,
             pin_memory=torch.cuda.is_available(),
         )

@@ -31,17 +31,25 @@ class TokenWindows(Dataset):
 
 
 class EpochWindowSampler(Sampler[int]):
-    """Yields window start positions: a seeded random phase and permutation per epoch."""
+    """Yields window start positions: a seeded random phase and permutation per epoch.
 
-    def __init__(self, n_tokens: int, seq_len: int, seed: int):
+    An epoch holds a whole number of global batches (`multiple_of`), so no optimizer step ever straddles
+    an epoch boundary with a partial batch; the few windows left over differ from epoch to epoch.
+    """
+
+    def __init__(self, n_tokens: int, seq_len: int, seed: int, multiple_of: int = 1):
         self.n_tokens = n_tokens
         self.seq_len = seq_len
         self.seed = seed
         self.epoch = 0
-        # the same count every epoch, whatever the phase: the last window must end inside the stream
-        self.n_windows = n_tokens // seq_len - 1
+        # windows at one phase: the same count whatever the phase, the last one ending inside the stream
+        self.n_tiles = n_tokens // seq_len - 1
+        self.n_windows = self.n_tiles // multiple_of * multiple_of
         if self.n_windows < 1:
-            raise ValueError(f"{n_tokens} tokens hold no training window of seq_len + 1 = {seq_len + 1} tokens")
+            raise ValueError(
+                f"{n_tokens} tokens hold {max(self.n_tiles, 0)} windows of seq_len + 1 = {seq_len + 1} tokens, "
+                f"fewer than one batch of {multiple_of}"
+            )
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""
@@ -50,7 +58,7 @@ class EpochWindowSampler(Sampler[int]):
     def starts(self, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, epoch])
         phase = int(rng.integers(self.seq_len))
-        return phase + rng.permutation(self.n_windows) * self.seq_len
+        return phase + rng.permutation(self.n_tiles)[: self.n_windows] * self.seq_len
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.starts(self.epoch).tolist())

@@ -31,10 +31,12 @@ def param_count(cfg: ModelConfig) -> int:
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     """Training FLOPs per token: 6N + 12 * n_layer * seq_len * d_model.
 
-    Kaplan et al. 2020 §2.1 / Hoffmann et al. 2022 (Chinchilla) App. F / PaLM App. B: forward and backward
-    cost 6 FLOPs per parameter per token, plus the attention scores and weighted sum (2 * 2 * seq_len * d
-    per layer forward, times 3 for training). N counts every parameter multiplied by an activation: the
-    non-embedding parameters and the (tied) output head; the embedding lookups cost no matmul.
+    6N: forward and backward cost 6 FLOPs per parameter per token (Kaplan et al. 2020 §2.1). The attention
+    term counts the scores QK^T and the weighted sum AV, 2 * seq_len * d_model FLOPs each per layer forward,
+    times 3 for training, with no discount for the causal mask (PaLM App. B; Chinchilla App. F; Kaplan's
+    Table 1 halves it for the mask). N counts every parameter multiplied by an activation: the
+    non-embedding parameters and the (tied) output head; the embedding lookups cost no matmul. Equal to
+    nanoGPT's `estimate_mfu` count.
     """
     n_matmul = non_embedding_params(cfg) + cfg.padded_vocab_size * cfg.d_model
     return 6 * n_matmul + 12 * cfg.n_layer * seq_len * cfg.d_model

@@ -23,9 +23,19 @@ except ImportError:
     flash_attn_func = None
 
 
+def _use_flash_attn(q: torch.Tensor) -> bool:
+    """flash-attn 2 needs CUDA, half precision and an Ampere or newer GPU."""
+    return (
+        flash_attn_func is not None
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and torch.cuda.get_device_capability(q.device) >= (8, 0)
+    )
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
     """Causal softmax attention over (B, H, T, D) tensors; flash-attn on CUDA half precision if installed."""
-    if flash_attn_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    if _use_flash_attn(q):
         # flash-attn wants (B, T, H, D)
         out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, causal=True)
         return out.transpose(1, 2)

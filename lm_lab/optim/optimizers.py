@@ -54,8 +54,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    fused = all(p.is_cuda for p in model.parameters())  # fused AdamW kernel on CUDA
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW over `param_groups`; `fused` uses the single-kernel CUDA implementation."""
     return torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused
     )

@@ -1,0 +1,40 @@
+"""The CUDA paths: bf16 autocast, fused AdamW and flash-attn. Skipped on machines without a GPU."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm_lab.models import GPT, ModelConfig
+from lm_lab.models.gpt import causal_attention, flash_attn_func
+from lm_lab.optim import OptimizerConfig, build_optimizer
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def test_bf16_autocast_matches_fp32_and_trains_with_fused_adamw():
+    cfg = ModelConfig(n_layer=2, n_head=4, d_model=128, block_size=64, vocab_size=512)
+    model = GPT(cfg).cuda()
+    idx = torch.randint(0, 512, (4, 65), device="cuda")
+    with torch.no_grad():
+        ref = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+    assert abs(low.item() - ref.item()) < 0.02
+    opt = build_optimizer(model, OptimizerConfig(lr=3e-3), fused=True)
+    losses = []
+    for _ in range(20):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.skipif(flash_attn_func is None, reason="flash-attn not installed")
+def test_flash_attn_matches_sdpa():
+    q, k, v = (torch.randn(2, 4, 64, 32, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    flash = causal_attention(q, k, v, dropout_p=0.0)
+    sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(flash, sdpa, rtol=2e-2, atol=2e-2)
