@@ -20,9 +20,11 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from lm_lab.config import RunConfig, register_schemas, world_size_of
 from lm_lab.data.datamodule import LMDataModule
+from lm_lab.data.tokenizers import load_tokenizer
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json, atomic_write_text
 from lm_lab.models import flops_per_token, non_embedding_params, param_count
@@ -42,10 +44,26 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
 
+def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
+    """`last`: this run directory's last checkpoint if there is one (a fresh start otherwise); else the path given."""
+    if ckpt_path != "last":
+        return ckpt_path
+    checkpoint = trainer.checkpoint_callback
+    last = (
+        Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}.ckpt"
+        if checkpoint and checkpoint.dirpath
+        else None
+    )
+    if last is None or not last.exists():
+        return None
+    log.info("resuming from %s", last)
+    return str(last)
+
+
 def train(cfg: DictConfig) -> dict:
     started = time.time()
     run_dir = Path(cfg.run_dir)
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_kwargs = dict(plain["trainer"])
     trainer_kwargs["precision"] = resolve_precision(
         trainer_kwargs["precision"], trainer_kwargs.get("accelerator", "auto")
@@ -53,6 +71,10 @@ def train(cfg: DictConfig) -> dict:
     world_size = world_size_of(trainer_kwargs)
     run = RunConfig.from_dict(plain, world_size=world_size)  # every check, before any work
     tr = run.train
+    if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).exists():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a checkpoint file or `last`")
+    if run.tokenizer.name in ("tiktoken", "hf"):
+        load_tokenizer(run.tokenizer)  # hub tokenizers: fail now, with how to provide the files, if they cannot load
 
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     atomic_write_text(run_dir / "config.yaml", resolved)
@@ -66,9 +88,9 @@ def train(cfg: DictConfig) -> dict:
         run.tokenizer,
         seq_len=tr.seq_len,
         micro_batch_size=tr.micro_batch_size,
+        batch_size=tr.batch_size,
         val_tokens=tr.val_tokens,
         seed=tr.seed,
-        batch_size=tr.batch_size,
     )
     module = LMModule(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
@@ -78,7 +100,8 @@ def train(cfg: DictConfig) -> dict:
         max_steps=tr.max_steps,
         accumulate_grad_batches=run.accumulate_grad_batches,
         val_check_interval=tr.val_every * run.accumulate_grad_batches,  # counted in micro-batches
-        check_val_every_n_epoch=None,  # validate on the step count, across epoch boundaries
+        check_val_every_n_epoch=None,  # validate on the step count: the training stream is one endless epoch
+        use_distributed_sampler=False,  # the data module gives each rank its own disjoint part
         log_every_n_steps=tr.log_every,
         callbacks=callbacks,
         logger=loggers,
@@ -98,9 +121,10 @@ def train(cfg: DictConfig) -> dict:
         tr.batch_size, tr.micro_batch_size, run.accumulate_grad_batches, world_size, trainer_kwargs["precision"],
     )  # fmt: skip
 
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, trainer)
     fit_started = time.time()
     try:
-        trainer.fit(module, datamodule=data)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
     except SystemExit:  # Lightning exits after a graceful Ctrl-C: record what the run reached, then exit
         if not trainer.interrupted:
             raise
@@ -114,11 +138,11 @@ def train(cfg: DictConfig) -> dict:
         "val_ppl": math.exp(val_loss) if math.isfinite(val_loss) else math.nan,
         "best_val_loss": float(best) if best is not None else val_loss,
         "val_unigram_entropy": data.val_unigram_entropy(),
-        "val_tokens": len(data.val_starts()) * tr.seq_len,
+        "val_tokens": data.val_token_count(),
         "val_step": module.last_val_step,
         "steps": trainer.global_step,
         "tokens": tokens,
-        "epochs": tokens / len(data.splits["train"]),
+        "epochs": data.epochs_at(trainer.global_step),
         "flops": tokens * fpt,
         "flops_per_token": fpt,
         "params": param_count(run.model),
@@ -168,6 +192,9 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except MissingMandatoryValue as e:  # a `???` in a config group, e.g. data=local without data.path
+        print(f"error: {e.full_key} is required (e.g. {e.full_key}=...)", file=sys.stderr)
         sys.exit(2)
 
 

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dt
 
 
 class TokenThroughput(L.Callback):
-    """Logs `train/tokens` and `throughput/{tokens_per_sec, tokens_per_sec_per_device, flops_per_sec_per_device, mfu}`.
+    """Logs `train/tokens`, `train/epoch` (when the data module knows it) and `throughput/{tokens_per_sec, tokens_per_sec_per_device, flops_per_sec_per_device, mfu}`.
 
     Measured at logging steps only (after gradient accumulation, validation time excluded), over a rolling
     window of `window_size` logging steps; CUDA is synchronised only then, so it does not slow the run it
@@ -54,6 +54,9 @@ class TokenThroughput(L.Callback):
         )
         self._last_step = step
         pl_module.log("train/tokens", float(step * self.tokens_per_step))
+        epochs = getattr(trainer.datamodule, "epochs_at", lambda _: None)(step)
+        if epochs is not None:
+            pl_module.log("train/epoch", epochs)  # passes over the training split (Inheritune repeats data)
         metrics = self._throughput.compute()
         if "device/items_per_sec" in metrics:
             pl_module.log("throughput/tokens_per_sec", metrics["device/items_per_sec"] * world)

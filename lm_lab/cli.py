@@ -1,8 +1,7 @@
 """`lm-lab`: the lab's tools beside training (training itself is `python run.py`).
 
-    lm-lab count --model gpt2_medium [--vocab-size 50257] [--seq-len 1024] [model.key=value ...]
-
-prints a model's parameter counts and training FLOPs per token as JSON, the numbers compute budgets use.
+lm-lab prepare-data data=NAME tokenizer=NAME [data.num_proc=N ...]   tokenise a corpus once into shards
+lm-lab count --model gpt2_medium [--vocab-size 50257] [--seq-len 1024] [KEY=VALUE ...]   params, FLOPs/token
 """
 
 from __future__ import annotations
@@ -42,6 +41,23 @@ def count(args: argparse.Namespace) -> dict:
     }
 
 
+def prepare_data(args: argparse.Namespace) -> dict:
+    import logging
+
+    from lm_lab.data.config import DataConfig
+    from lm_lab.data.prepare import prepare
+    from lm_lab.data.shards import read_meta
+    from lm_lab.data.tokenizers import TokenizerConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = OmegaConf.to_container(compose(args.overrides), resolve=True)
+    data, tokenizer = DataConfig(**cfg["data"]), TokenizerConfig(**cfg["tokenizer"])
+    folder = prepare(data, tokenizer, val_only=data.mode == "streaming")
+    meta = read_meta(folder)
+    return {"folder": str(folder), **{k: meta[k] for k in ("name", "tokenizer", "vocab_size", "dtype", "tokens_per_sec")},
+            "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])} for k, v in meta["splits"].items()}}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lm-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default block_size)")
     p.add_argument("overrides", nargs="*", help="model field overrides, e.g. n_layer=16")
     p.set_defaults(func=count)
+    p = sub.add_parser("prepare-data", help="tokenise a corpus once into sharded token files (cached)")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides as for run.py, e.g. data=slimpajama_6b tokenizer=gpt2"
+    )
+    p.set_defaults(func=prepare_data)
     args = parser.parse_args(argv)
     try:
         print(json.dumps(args.func(args), indent=2))

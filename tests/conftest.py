@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 
@@ -11,6 +12,10 @@ from lm_lab.config import register_schemas
 from lm_lab.models import ModelConfig
 
 register_schemas()
+
+# `datasets` sleeps 5 s after each pass over interleaved parquet shards (apache/arrow#45214); the tests' corpora
+# are passed over many times in a second, so they skip the pause (real epochs are long enough not to care)
+datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"

@@ -29,7 +29,7 @@ def test_design_groups_exist():
     [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
 )
 def test_every_yaml_composes_and_validates(override):
-    plain = _plain([override])
+    plain = _plain([override, *(["data.path=."] if override == "data=local" else [])])
     if plain["trainer"]["accelerator"] == "gpu" and not torch.cuda.is_available():
         plain["trainer"]["accelerator"] = "cpu"  # the GPU-on-CPU refusal has its own test below
     run = RunConfig.from_dict(plain)

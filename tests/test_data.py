@@ -1,48 +1,67 @@
+"""Data building blocks: the held-out rule, tokenizers, token shards, window order, resume position, streaming."""
+
 import math
 
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import DataLoader
 
 from lm_lab.data.config import DataConfig
 from lm_lab.data.datamodule import LMDataModule
-from lm_lab.data.embedded import Document, embedded_documents
-from lm_lab.data.tokenizers import BPETokenizer, ByteTokenizer, TokenizerConfig
-from lm_lab.data.tokens import open_split, read_meta, split_of, unigram_entropy, write_token_dir
-from lm_lab.data.windows import EpochWindowSampler, TokenWindows, sequential_starts
+from lm_lab.data.embedded import embedded_documents
+from lm_lab.data.prepare import ShardWriter, ordered_map
+from lm_lab.data.shards import TokenShards, held_out, unigram_entropy
+from lm_lab.data.tokenizers import BPETokenizer, ByteTokenizer, TiktokenTokenizer, TokenizerConfig, tokenizer_from_spec
+from lm_lab.data.windows import EpochPlan, TrainWindows, ValWindows
 from lm_lab.errors import ConfigError
+from lm_lab.fileio import atomic_write_json
 
 TEXTS = [
     "def f(x):\n    return x * 2  # doubles\n",
     "Ünïcödé tëxt — with em dashes… and emoji 🎉\n",
     "class A:\n    '''A docstring.'''\n    pass\n",
-    "",
     "\t\ttabs and  double  spaces\r\n",
 ]
 
 
-def small_docs(n=60):
-    return [Document(f"doc/{i:03d}.py", f"# file {i}\n" + TEXTS[i % len(TEXTS)] * (1 + i % 4)) for i in range(n)]
+def test_held_out_is_a_pure_function_of_the_text():
+    texts = [f"document number {i}\n" for i in range(5000)]
+    flags = [held_out(t, 0.1) for t in texts]
+    assert flags == [held_out(t, 0.1) for t in reversed(texts)][::-1]  # order does not matter
+    assert 0.08 < sum(flags) / len(flags) < 0.12
+    # a larger fraction only moves documents from train to validation, never back
+    assert all(held_out(t, 0.2) for t, f in zip(texts, flags, strict=True) if f)
 
 
-def test_split_is_a_pure_function_of_the_doc_id():
-    ids = [f"stdlib/mod{i}.py" for i in range(5000)]
-    first = [split_of(i, 0.1) for i in ids]
-    assert first == [split_of(i, 0.1) for i in reversed(ids)][::-1]  # order does not matter
-    frac = first.count("val") / len(ids)
-    assert 0.08 < frac < 0.12
-    # growing the fraction only moves documents from train to val, never the other way
-    assert all(split_of(i, 0.2) == "val" for i, s in zip(ids, first, strict=True) if s == "val")
+def tiny_tiktoken():
+    import tiktoken
+
+    ranks = {bytes([i]): i for i in range(256)}
+    for pair in (b"de", b"f(", b"  ", b"re"):
+        ranks[pair] = len(ranks)
+    pattern = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+    enc = tiktoken.Encoding(
+        "tiny", pat_str=pattern, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": len(ranks)}
+    )
+    return TiktokenTokenizer(enc)
 
 
-@pytest.mark.parametrize("make", [ByteTokenizer, lambda: BPETokenizer.train([t * 20 for t in TEXTS], 300)])
-def test_tokenizer_round_trip(make):
+@pytest.mark.parametrize(
+    "make",
+    [ByteTokenizer, lambda: BPETokenizer.train([t * 20 for t in TEXTS], 300), tiny_tiktoken],
+    ids=["bytes", "bpe", "tiktoken"],
+)
+def test_tokenizer_round_trip_and_document_encoding(make):
     tok = make()
     for text in TEXTS + ["".join(TEXTS)]:
         ids = tok.encode(text)
         assert tok.decode(ids) == text
-        assert all(0 <= i < tok.vocab_size for i in ids)
-    assert tok.eot_id < tok.vocab_size
-    assert tok.encode_batch(TEXTS) == [tok.encode(t) for t in TEXTS]
+        assert all(0 <= i < tok.vocab_size for i in ids) and tok.eot_id not in ids
+    tokens, lengths = tok.encode_docs(TEXTS, np.dtype(np.uint16))
+    assert lengths.tolist() == [len(tok.encode(t)) + 1 for t in TEXTS]
+    expected = [i for t in TEXTS for i in (*tok.encode(t), tok.eot_id)]
+    assert tokens.tolist() == expected
 
 
 def test_bpe_save_load_keeps_identity(tmp_path):
@@ -50,30 +69,51 @@ def test_bpe_save_load_keeps_identity(tmp_path):
     tok.save(tmp_path / "t.json")
     again = BPETokenizer.load(tmp_path / "t.json")
     assert again.name == tok.name and again.encode("".join(TEXTS)) == tok.encode("".join(TEXTS))
+    worker_copy = tokenizer_from_spec(tok.spec)  # what a tokenising process rebuilds
+    assert worker_copy.encode("".join(TEXTS)) == tok.encode("".join(TEXTS)) and worker_copy.eot_id == tok.eot_id
 
 
-def test_token_dir_counts_split_and_content(tmp_path):
-    docs = small_docs()
-    tok = ByteTokenizer()
-    meta = write_token_dir(tmp_path / "tok", docs, tok, 0.2, info={"source": "test"})
-    assert meta == read_meta(tmp_path / "tok")
-    for split in ("train", "val"):
-        mine = [d for d in docs if split_of(d.doc_id, 0.2) == split]
-        tokens = open_split(tmp_path / "tok", split)
-        assert meta["splits"][split]["documents"] == len(mine) > 0
-        expected = [b for d in mine for b in (*d.text.encode(), tok.eot_id)]
-        assert tokens.dtype == np.uint16 and tokens.tolist() == expected
-    assert meta["splits"]["train"]["tokens"] + meta["splits"]["val"]["tokens"] == sum(
-        len(d.text.encode()) + 1 for d in docs
-    )
+def test_offline_hub_tokenizers_fail_at_once_with_instructions(tmp_path, monkeypatch):
+    from lm_lab.data.tokenizers import load_hf, load_tiktoken
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("lm_lab.data.tokenizers.reachable", lambda host, timeout=3.0: False)
+    with pytest.raises(ConfigError, match=r"vocab.bpe, encoder.json not cached in .* set TIKTOKEN_CACHE_DIR=DIR"):
+        load_tiktoken("gpt2")
+    with pytest.raises(ConfigError, match=r"not in the Hugging Face cache .*huggingface-cli download"):
+        load_hf("some-org/some-tokenizer", None)
+    with pytest.raises(ConfigError, match="not a tiktoken encoding"):
+        load_tiktoken("gpt5")
 
 
-def test_truncated_token_file_is_refused(tmp_path):
-    write_token_dir(tmp_path / "tok", small_docs(), ByteTokenizer(), 0.2, info={})
-    path = tmp_path / "tok" / "train.bin"
+def _write_split(folder, split, docs, shard_tokens):
+    w = ShardWriter(folder, split, shard_tokens)
+    for d in docs:
+        w.add(np.asarray(d, dtype=np.uint16))
+    return w.close()
+
+
+def make_shards(folder, train_docs, val_docs, shard_tokens=10**9):
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {
+        "train": _write_split(folder, "train", train_docs, shard_tokens),
+        "val": _write_split(folder, "val", val_docs, shard_tokens),
+    }
+    atomic_write_json(folder / "meta.json", {"format": 2, "dtype": "uint16", "splits": splits})
+    return folder
+
+
+def test_shard_writer_splits_at_document_boundaries(tmp_path):
+    docs = [list(range(i, i + 30)) for i in range(0, 300, 30)]  # 10 documents of 30 tokens
+    folder = make_shards(tmp_path / "tok", docs, [[1, 2, 3]], shard_tokens=100)
+    shards = TokenShards(folder, "train")
+    assert shards.sizes.tolist() == [90, 90, 90, 30]
+    assert shards.concatenated().tolist() == list(range(300))
+    path = folder / "train-00001.bin"
     path.write_bytes(path.read_bytes()[:-6])
-    with pytest.raises(ConfigError, match=r"train\.bin .* missing or truncated"):
-        open_split(tmp_path / "tok", "train")
+    with pytest.raises(ConfigError, match=r"train-00001\.bin has 174 bytes .* missing or truncated"):
+        TokenShards(folder, "train")
 
 
 def test_unigram_entropy_exact():
@@ -83,42 +123,83 @@ def test_unigram_entropy_exact():
     assert unigram_entropy(np.array([0, 0, 1, 2]), 3) == pytest.approx(-(p * np.log(p)).sum())
 
 
-def test_epoch_sampler_visits_disjoint_windows_deterministically():
-    tokens = np.arange(1000)
-    sampler = EpochWindowSampler(len(tokens), seq_len=16, seed=3)
-    windows = TokenWindows(tokens, 16)
+def test_epoch_plan_tiles_each_shard_once_per_epoch():
+    plan = EpochPlan(np.array([200, 75, 130]), seq_len=16, seed=3, multiple_of=4)
+    assert plan.tiles.tolist() == [11, 3, 7] and plan.n_windows == 20  # 21 windows, whole batches of 4
     for epoch in range(3):
-        sampler.set_epoch(epoch)
-        starts = list(sampler)
-        assert starts == list(EpochWindowSampler(len(tokens), 16, 3).starts(epoch))  # rebuilt anywhere
-        assert len(starts) == len(sampler) == 1000 // 16 - 1
-        assert len({s % 16 for s in starts}) == 1  # one phase per epoch: windows tile the stream
-        assert sorted(starts) == list(range(starts[0] % 16, starts[0] % 16 + 16 * len(starts), 16))
-        for s in starts:
-            w = windows[s]
-            assert w.tolist() == list(range(s, s + 17))  # contiguous seq_len + 1 tokens, in bounds
-    sampler.set_epoch(0)
-    e0 = list(sampler)
-    sampler.set_epoch(1)
-    assert list(sampler) != e0
+        shard, start = plan.windows(epoch)
+        again = plan.windows(epoch)
+        assert np.array_equal(shard, again[0]) and np.array_equal(start, again[1])  # rebuilt anywhere
+        phase = start[0] % 16
+        assert (start % 16 == phase).all() and len(set(zip(shard.tolist(), start.tolist(), strict=True))) == 20
+        sizes = np.array([200, 75, 130])
+        assert (start + 17 <= sizes[shard]).all()  # every window inside its shard
+    assert not np.array_equal(plan.windows(0)[1], plan.windows(1)[1])
 
 
-def test_an_epoch_is_a_whole_number_of_global_batches():
-    sampler = EpochWindowSampler(1000, seq_len=16, seed=3, multiple_of=8)
-    assert len(sampler) == 56  # 61 windows fit, rounded down to 7 batches of 8
-    left_out = []
-    for epoch in range(4):
-        starts = sampler.starts(epoch)
-        assert len(starts) == 56 and len(set(starts.tolist())) == 56
-        phase = starts[0] % 16
-        left_out.append(set(range(phase, phase + 16 * 61, 16)) - set(starts.tolist()))
-        assert all(len(x) == 5 for x in left_out[-1:])
-    assert len({frozenset((s - s % 16) for s in x) for x in left_out}) > 1  # not the same text left out each epoch
+def windows_of(dataset, n, workers=0):
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers)
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if len(out) == n:
+            return out
+    return out
 
 
-def test_sequential_starts_cover_each_target_once():
-    assert sequential_starts(100, 10) == [0, 10, 20, 30, 40, 50, 60, 70, 80]
-    assert sequential_starts(100, 10, max_tokens=25) == [0, 10]
+@pytest.fixture
+def shards(tmp_path):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 250, size=n).tolist() for n in rng.integers(20, 200, size=8)]
+    return TokenShards(make_shards(tmp_path / "tok", docs, [[1] * 50], shard_tokens=300), "train")
+
+
+def test_train_windows_resume_and_worker_count_do_not_change_the_order(shards):
+    kw = {"seq_len": 16, "micro": 2, "batch_size": 4, "seed": 7}
+    full = windows_of(TrainWindows(shards, **kw), 60)
+    per_epoch = TrainWindows(shards, **kw).per_epoch
+    assert 60 > 2 * per_epoch  # the check runs across two epoch boundaries
+    assert all(
+        torch.equal(a, b) for a, b in zip(full, windows_of(TrainWindows(shards, **kw), 60, workers=2), strict=True)
+    )
+    resumed = windows_of(TrainWindows(shards, **kw, start=22), 38, workers=3)
+    assert all(torch.equal(a, b) for a, b in zip(full[22:], resumed, strict=True))
+    # each epoch reads each of its windows once
+    rows = [tuple(r.tolist()) for b in full[:per_epoch] for r in b]
+    assert len(set(rows)) == len(rows) == per_epoch * 2
+
+
+def test_ranks_read_disjoint_parts_that_make_up_the_single_process_stream(shards):
+    kw = {"seq_len": 16, "micro": 2, "batch_size": 8, "seed": 1}
+    single = windows_of(TrainWindows(shards, **kw), 24)
+    ranks = [windows_of(TrainWindows(shards, **kw, rank=r, world=2), 12) for r in range(2)]
+    for j, batch in enumerate(single):  # global micro-batch j lives on rank j % 2
+        assert torch.equal(batch, ranks[j % 2][j // 2])
+    resumed = windows_of(TrainWindows(shards, **kw, rank=1, world=2, start=8), 8)
+    assert all(torch.equal(a, b) for a, b in zip(ranks[1][4:], resumed, strict=True))
+
+
+def test_val_windows_cover_each_target_once_across_ranks(tmp_path):
+    folder = make_shards(tmp_path / "tok", [[0] * 100], [list(range(100)), list(range(100, 150))], shard_tokens=100)
+    val = TokenShards(folder, "val")
+    whole = ValWindows(val, seq_len=10)
+    assert [w for w in whole.windows] == [(0, k * 10) for k in range(9)] + [(1, k * 10) for k in range(4)]
+    parts = [ValWindows(val, 10, rank=r, world=3).windows for r in range(3)]
+    assert sorted(sum(parts, [])) == sorted(whole.windows)
+    assert ValWindows(val, 10, max_tokens=25).windows == [(0, 0), (0, 10)]
+    assert whole[1].tolist() == list(range(10, 21))
+    assert whole.targets().tolist() == list(range(1, 91)) + list(range(101, 141))
+
+
+def test_ordered_map_keeps_order_across_processes():
+    from lm_lab.data.prepare import _init_worker, _tokenize
+
+    batches = [TEXTS * (i + 1) for i in range(6)]
+    args = (("bytes", None), "uint16", 0.5, True)
+    one = list(ordered_map(_tokenize, batches, 1, _init_worker, args))
+    two = list(ordered_map(_tokenize, batches, 2, _init_worker, args))
+    for a, b in zip(one, two, strict=True):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_embedded_corpus_is_real_and_stable():
@@ -132,31 +213,39 @@ def test_embedded_corpus_is_real_and_stable():
 
 
 def test_datamodule_on_the_embedded_corpus(cache_dir):
-    dm = LMDataModule(
-        DataConfig(cache_dir=str(cache_dir)), TokenizerConfig(name="bytes", vocab_size=257),
-        seq_len=64, micro_batch_size=4, val_tokens=4096, seed=0,
-    )  # fmt: skip
+    def module():
+        return LMDataModule(
+            DataConfig(cache_dir=str(cache_dir)), TokenizerConfig(name="bytes", vocab_size=257),
+            seq_len=64, micro_batch_size=4, batch_size=8, val_tokens=4096, seed=0,
+        )  # fmt: skip
+
+    dm = module()
     dm.prepare_data()
     dm.setup("fit")
     train_batch = next(iter(dm.train_dataloader()))
     assert train_batch.shape == (4, 65)
     val = list(dm.val_dataloader())
-    assert sum(b.shape[0] for b in val) == 4096 // 64
-    text = dm.tokenizer.decode(val[0][0].tolist())
-    assert len(text) > 30  # real text, not random ids
-    n_train, n_val = len(dm.splits["train"]), len(dm.splits["val"])
+    assert sum(b.shape[0] for b in val) == 4096 // 64 and dm.val_token_count() == 4096
+    assert len(dm.tokenizer.decode(val[0][0].tolist())) > 30  # real text, not random ids
+    n_train, n_val = len(dm.train), len(dm.val)
     assert 0.05 < n_val / (n_train + n_val) < 0.2
     h = dm.val_unigram_entropy()
     assert 2.5 < h < math.log(257)  # Python source bytes: far from uniform
-    # a second module finds the cached files and agrees exactly
-    dm2 = LMDataModule(dm.cfg, dm.tokenizer_cfg, seq_len=64, micro_batch_size=4, val_tokens=4096, seed=0)
+    dm2 = module()  # a second module finds the cached files and agrees exactly
     dm2.prepare_data()
     dm2.setup("fit")
-    assert np.array_equal(dm2.splits["val"], dm.splits["val"]) and dm2.val_unigram_entropy() == h
+    assert np.array_equal(dm2.val.concatenated(), dm.val.concatenated()) and dm2.val_unigram_entropy() == h
+    assert dm.epochs_at(10) == pytest.approx(10 * 8 / TrainWindows(dm.train, 64, 4, 8, 0).plan.n_windows)
 
 
-def test_data_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match=r"data\.name='owt' is unknown"):
-        DataConfig(name="owt")
+def test_data_config_errors_name_the_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"data\.source='owt' is unknown"):
+        DataConfig(source="owt")
+    with pytest.raises(ConfigError, match=r"data\.path='.*nowhere' does not exist"):
+        DataConfig(source="local", path=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match=r"data\.mode=streaming needs data\.val_split_tokens"):
+        DataConfig(source="local", path=str(tmp_path), mode="streaming")
     with pytest.raises(ConfigError, match=r"tokenizer\.vocab_size=300 but the bytes tokenizer has 257"):
         TokenizerConfig(name="bytes", vocab_size=300)
+    with pytest.raises(ConfigError, match=r"tokenizer\.path is required"):
+        TokenizerConfig(name="hf", vocab_size=100)

@@ -93,7 +93,8 @@ def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
     [
         ("model.n_head=3", "error: model.n_head=3 does not divide model.d_model=64"),
         ("train.seq_len=4096", "error: train.seq_len=4096 exceeds model.block_size=128"),
-        ("data.name=owt", "error: data.name='owt' is unknown"),
+        ("data.source=owt", "error: data.source='owt' is unknown"),
+        ("data=local", "error: data.path is required"),
     ],
 )
 def test_bad_config_fails_before_any_work(tmp_path, override, message):

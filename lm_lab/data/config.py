@@ -1,33 +1,102 @@
-"""`DataConfig`: which corpus a run reads, how it is split, where its token files are cached."""
+"""`DataConfig`: which corpus a run reads, how it is split and tokenised, where its token files live."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from lm_lab.errors import raise_if
 
-SOURCES = ("embedded",)
+SOURCES = ("embedded", "local", "hub")
+MODES = ("prepared", "streaming")
 
 
 @dataclass
 class DataConfig:
-    """Where the text comes from and how it is split and cached."""
+    """A corpus and how the run reads it. Each `conf/data/*.yaml` names one."""
 
     name: str = "embedded"
-    """Corpus: `embedded` (the Python standard library's sources and pydoc topics)."""
-    cache_dir: str = "~/.cache/lm_lab"
-    """Tokenizers and token files are cached here, keyed by the corpus content."""
+    """Label of the corpus, used in cache folder names and logs."""
+    source: str = "embedded"
+    """`embedded` (the Python standard library), `local` (files on disk) or `hub` (a Hugging Face dataset)."""
+    path: str | None = None
+    """`hub`: the dataset id (`DKYoon/SlimPajama-6B`); `local`: a folder or file of .txt (one document each),
+    .jsonl/.json or .parquet (one document per row), a `datasets.save_to_disk` folder, or a folder laid out
+    like a hub dataset (e.g. data/train-*.parquet)."""
+    config: str | None = None
+    """`hub`: the dataset configuration, e.g. `sample-10BT` for FineWeb-Edu."""
+    revision: str | None = None
+    """`hub`: a commit or tag to pin the data to (recommended for published results)."""
+    split: str = "train"
+    """The dataset split the training documents come from."""
+    text_field: str = "text"
+    """Column holding each document's text."""
+    mode: str = "prepared"
+    """`prepared`: tokenise once into sharded memory-mapped files (`lm-lab prepare-data`, or automatically
+    at the first run) and train from them; `streaming`: tokenise on the fly from a `datasets` stream."""
     val_fraction: float = 0.1
-    """Fraction of documents held out for validation, chosen by a hash of each document's id."""
+    """Probability that a document is held out for validation, decided by a hash of its text: the same on
+    every run, machine and world size, and exact duplicates always fall on the same side."""
+    val_split_tokens: int | None = None
+    """Cap on the validation split in tokens (held-out documents are taken in corpus order until it is
+    reached; later ones are left out of both splits); None keeps every held-out document."""
+    val_from: str | None = None
+    """Take validation documents from this split of the dataset (e.g. `validation`) instead of holding
+    documents out of the training split; `val_split_tokens` still caps it."""
+    cache_dir: str = "~/.cache/lm_lab"
+    """Token files and trained tokenizers live here, one folder per corpus, split rule and tokenizer."""
+    hf_cache_dir: str | None = None
+    """Where `datasets` caches downloads; None uses its default (HF_HOME / HF_DATASETS_CACHE)."""
+    num_proc: int | None = None
+    """Processes that tokenise while preparing; None uses every CPU core."""
+    shard_tokens: int = 2**27
+    """Tokens per shard file when preparing (2^27 = 134M tokens, 256 MiB as uint16)."""
+    shuffle_buffer: int = 10_000
+    """`streaming`: documents in the shuffle buffer."""
     num_workers: int = 0
-    """DataLoader worker processes; reading windows from a memory map is cheap, so 0 is usually right."""
+    """DataLoader worker processes; reading windows from memory maps is cheap, so 0 is usually right."""
 
     def __post_init__(self) -> None:
         problems = []
-        if self.name not in SOURCES:
-            problems.append(f"data.name={self.name!r} is unknown; choose one of {list(SOURCES)}")
-        if not (isinstance(self.val_fraction, float | int) and 0 < self.val_fraction < 1):
-            problems.append(f"data.val_fraction={self.val_fraction!r} must be in (0, 1), e.g. 0.05")
-        if not isinstance(self.num_workers, int) or self.num_workers < 0:
-            problems.append(f"data.num_workers={self.num_workers!r} must be an integer >= 0")
+        if self.source not in SOURCES:
+            problems.append(f"data.source={self.source!r} is unknown; choose one of {list(SOURCES)}")
+        if self.mode not in MODES:
+            problems.append(f"data.mode={self.mode!r} is unknown; choose one of {list(MODES)}")
+        if self.source in ("local", "hub") and not self.path:
+            problems.append(f"data.path is required for data.source={self.source!r}")
+        if self.source == "local" and self.path and not Path(self.path).expanduser().exists():
+            problems.append(f"data.path={self.path!r} does not exist; point it at a folder or file of documents")
+        if self.mode == "streaming" and self.val_split_tokens is None:
+            problems.append(
+                "data.mode=streaming needs data.val_split_tokens (how much validation text to hold out), e.g. 3000000"
+            )
+        if self.source == "embedded" and self.mode == "streaming":
+            problems.append(
+                "data.mode=streaming needs a `datasets` source (local or hub); the embedded corpus is prepared"
+            )
+        if not (isinstance(self.val_fraction, float | int) and 0 < self.val_fraction < 1) and self.val_from is None:
+            problems.append(f"data.val_fraction={self.val_fraction!r} must be in (0, 1), e.g. 0.01")
+        if self.val_split_tokens is not None and not (
+            isinstance(self.val_split_tokens, int) and self.val_split_tokens > 0
+        ):
+            problems.append(f"data.val_split_tokens={self.val_split_tokens!r} must be a positive integer or null")
+        for name in ("num_workers", "shuffle_buffer", "shard_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "num_workers" else 1):
+                problems.append(
+                    f"data.{name}={value!r} must be a {'non-negative' if name == 'num_workers' else 'positive'} integer"
+                )
+        if self.num_proc is not None and not (isinstance(self.num_proc, int) and self.num_proc >= 1):
+            problems.append(f"data.num_proc={self.num_proc!r} must be a positive integer or null (all cores)")
         raise_if(problems)
+
+    @property
+    def processes(self) -> int:
+        return self.num_proc or os.cpu_count() or 1
+
+    @property
+    def split_key(self) -> str:
+        """A folder name for the split rule: token files made under another rule are never reused."""
+        held_out = f"from-{self.val_from}" if self.val_from else f"val{self.val_fraction:g}"
+        return held_out + (f"-cap{self.val_split_tokens}" if self.val_split_tokens else "")

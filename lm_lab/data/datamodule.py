@@ -1,22 +1,24 @@
-"""The LightningDataModule: corpus -> split -> tokenizer -> cached token files -> window batches."""
+"""The LightningDataModule: corpus -> tokenizer -> token files (or a stream) -> batches for every rank.
+
+The training position is a function of the global step (see `windows.py`), so a checkpoint restores it
+exactly; the module's `state_dict` records what the run read (corpus, tokenizer, batch geometry, position)
+and a resume with different data or batch geometry is refused instead of silently reading other tokens.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from lm_lab.data.config import DataConfig
-from lm_lab.data.embedded import embedded_documents
-from lm_lab.data.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer, TokenizerConfig
-from lm_lab.data.tokens import open_split, read_meta, split_of, unigram_entropy, write_token_dir
-from lm_lab.data.windows import EpochWindowSampler, TokenWindows, sequential_starts
+from lm_lab.data.prepare import check_meta, get_tokenizer, prepare, token_dir
+from lm_lab.data.shards import TokenShards, unigram_entropy
+from lm_lab.data.streaming import StreamWindows
+from lm_lab.data.tokenizers import Tokenizer, TokenizerConfig
+from lm_lab.data.windows import TrainWindows, ValWindows
 from lm_lab.errors import ConfigError, raise_if
 
 log = logging.getLogger(__name__)
@@ -30,124 +32,159 @@ class LMDataModule(L.LightningDataModule):
         *,
         seq_len: int,
         micro_batch_size: int,
+        batch_size: int,
         val_tokens: int | None,
         seed: int,
-        batch_size: int | None = None,
     ):
         super().__init__()
         self.cfg = data
         self.tokenizer_cfg = tokenizer
         self.seq_len = seq_len
         self.micro_batch_size = micro_batch_size
-        self.batch_size = batch_size or micro_batch_size  # global batch: an epoch holds whole steps
+        self.batch_size = batch_size  # global batch: an epoch holds whole optimizer steps
         self.val_tokens = val_tokens
         self.seed = seed
         self.tokenizer: Tokenizer | None = None
-        self.splits: dict[str, np.memmap] = {}
+        self.meta: dict | None = None
+        self.train: TokenShards | None = None
+        self.val: TokenShards | None = None
+        self._restored: dict | None = None
 
-    # -- where things live ---------------------------------------------------------------------------------
+    @property
+    def streaming(self) -> bool:
+        return self.cfg.mode == "streaming"
 
-    def _corpus(self) -> tuple[list, str]:
-        docs = list(embedded_documents())
-        h = hashlib.sha256()
-        for doc in docs:
-            h.update(doc.doc_id.encode())
-            h.update(b"\0")
-            h.update(doc.text.encode("utf-8"))
-            h.update(b"\0")
-        return docs, h.hexdigest()[:16]
-
-    def _dirs(self, content_hash: str) -> tuple[Path, Path]:
-        root = (
-            Path(os.path.expanduser(self.cfg.cache_dir))
-            / f"{self.cfg.name}-{content_hash}"
-            / f"val{self.cfg.val_fraction:g}"
-        )
-        tok = self.tokenizer_cfg
-        spec = "bytes" if tok.name == "bytes" else f"bpe{tok.vocab_size}"
-        return root / f"{spec}.tokenizer.json", root / spec
+    def _rank_world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
     # -- Lightning hooks -----------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Build (once, cached) the tokenizer and the token files. Runs on one process per node."""
-        docs, content_hash = self._corpus()
-        tok_path, token_dir = self._dirs(content_hash)
-        tokenizer = self._tokenizer(tok_path, docs)
-        if not (token_dir / "meta.json").exists():
-            log.info("tokenising %d documents of %r into %s (once; cached)", len(docs), self.cfg.name, token_dir)
-            info = {"source": self.cfg.name, "content_hash": content_hash}
-            write_token_dir(token_dir, docs, tokenizer, self.cfg.val_fraction, info=info)
+        """Make (once, cached) the tokenizer and token files. Lightning runs this on one process per node."""
+        prepare(self.cfg, self.tokenizer_cfg, val_only=self.streaming)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits:
+        if self.val is not None:
             return
-        docs, content_hash = self._corpus()
-        tok_path, token_dir = self._dirs(content_hash)
-        self.tokenizer = self._tokenizer(tok_path, docs)
-        meta = read_meta(token_dir)
-        if meta["tokenizer"] != self.tokenizer.name or meta["vocab_size"] != self.tokenizer.vocab_size:
-            raise ConfigError(
-                f"token files in {token_dir} were made with tokenizer {meta['tokenizer']} but this run uses "
-                f"{self.tokenizer.name}; delete {token_dir} to prepare them again"
-            )
-        self.meta = meta
-        self.splits = {s: open_split(token_dir, s, meta) for s in ("train", "val")}
+        self.tokenizer = get_tokenizer(self.cfg, self.tokenizer_cfg)
+        folder = token_dir(self.cfg, self.tokenizer_cfg, val_only=self.streaming)
+        self.meta = check_meta(folder, self.tokenizer)
+        self.val = TokenShards(folder, "val", self.meta)
+        if not self.streaming:
+            self.train = TokenShards(folder, "train", self.meta)
         problems = []
         need = {"train": (self.batch_size + 1) * self.seq_len, "val": 2 * self.seq_len}
-        for split, tokens in self.splits.items():
-            if len(tokens) < need[split]:
+        for split, shards in (("train", self.train), ("val", self.val)):
+            if shards is not None and len(shards) < need[split]:
                 problems.append(
-                    f"the {split} split of data.name={self.cfg.name!r} has {len(tokens)} tokens, fewer than the "
+                    f"the {split} split of data.name={self.cfg.name!r} has {len(shards)} tokens, fewer than the "
                     f"{need[split]} that train.seq_len={self.seq_len} and train.batch_size={self.batch_size} need; "
-                    f"lower them or change data.val_fraction={self.cfg.val_fraction}"
+                    f"use more data, lower them, or change data.val_fraction / data.val_split_tokens"
                 )
         raise_if(problems)
+        if self._restored is not None:
+            self._check_resume(self._restored)
         if self.trainer is None or self.trainer.is_global_zero:
             log.info(
-                "data %s: %s train / %s val tokens, tokenizer %s, cached in %s",
-                self.cfg.name, f"{len(self.splits['train']):,}", f"{len(self.splits['val']):,}", self.tokenizer.name, token_dir,
+                "data %s (%s): %s train / %s val tokens, tokenizer %s, files in %s",
+                self.cfg.name, self.cfg.mode, "streamed" if self.streaming else f"{len(self.train):,}",
+                f"{len(self.val):,}", self.tokenizer.name, folder,
             )  # fmt: skip
 
-    def _tokenizer(self, path: Path, docs: list) -> Tokenizer:
-        if self.tokenizer_cfg.name == "bytes":
-            return ByteTokenizer()
-        if not path.exists():  # trained on the training split only, so validation text stays unseen
-            log.info(
-                "training a %d-token byte-level BPE on the training split (once; cached at %s)",
-                self.tokenizer_cfg.vocab_size,
-                path,
-            )
-            train_text = (d.text for d in docs if split_of(d.doc_id, self.cfg.val_fraction) == "train")
-            BPETokenizer.train(train_text, self.tokenizer_cfg.vocab_size).save(path)
-        return BPETokenizer.load(path)
-
     def train_dataloader(self) -> DataLoader:
-        tokens = self.splits["train"]
+        rank, world = self._rank_world()
+        # Lightning calls this after restoring a checkpoint: the global step says where the data resumes
+        start = self.consumed_micro_batches(self.trainer.global_step if self.trainer is not None else 0)
+        if self.streaming:
+            dataset = StreamWindows(
+                self.cfg, self.tokenizer.spec, self.tokenizer.vocab_size, self.seq_len, self.micro_batch_size,
+                self.seed, rank=rank, world=world, start=start,
+            )  # fmt: skip
+        else:
+            dataset = TrainWindows(
+                self.train, self.seq_len, self.micro_batch_size, self.batch_size, self.seed,
+                rank=rank, world=world, start=start,
+            )  # fmt: skip
         return DataLoader(
-            TokenWindows(tokens, self.seq_len),
-            batch_size=self.micro_batch_size,
-            sampler=EpochWindowSampler(len(tokens), self.seq_len, self.seed, multiple_of=self.batch_size),
-            num_workers=self.cfg.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            dataset, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available()
         )
 
     def val_dataloader(self) -> DataLoader:
-        tokens = self.splits["val"]
+        rank, world = self._rank_world()
         return DataLoader(
-            TokenWindows(tokens, self.seq_len),
+            ValWindows(self.val, self.seq_len, self.val_tokens, rank=rank, world=world),
             batch_size=self.micro_batch_size,
-            sampler=self.val_starts(),
             num_workers=self.cfg.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
 
-    # -- what a run reports about its data -----------------------------------------------------------------
+    # -- position and resume -------------------------------------------------------------------------------
 
-    def val_starts(self) -> list[int]:
-        return sequential_starts(len(self.splits["val"]), self.seq_len, self.val_tokens)
+    def consumed_micro_batches(self, global_step: int) -> int:
+        """Global micro-batches read after `global_step` optimizer steps."""
+        return global_step * (self.batch_size // self.micro_batch_size)
+
+    def epochs_at(self, global_step: int) -> float | None:
+        """Passes over the training split after `global_step` steps (None when streaming: the size is unknown)."""
+        if self.streaming or self.train is None:
+            return None
+        per_epoch = TrainWindows(self.train, self.seq_len, self.micro_batch_size, self.batch_size, self.seed).per_epoch
+        return self.consumed_micro_batches(global_step) / per_epoch
+
+    def _identity(self) -> dict:
+        return {
+            "data": self.cfg.name,
+            "mode": self.cfg.mode,
+            "content": self.meta["splits"]["val"]["content_hash"]
+            if self.streaming
+            else self.meta["splits"]["train"]["content_hash"],
+            "tokenizer": self.meta["tokenizer"],
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+        }
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: what was read and how far (the position itself follows from the step)."""
+        if self.meta is None:
+            return {}
+        state = self._identity()
+        step = self.trainer.global_step if self.trainer is not None else 0
+        state.update(global_step=step, micro_batches=self.consumed_micro_batches(step), epochs=self.epochs_at(step))
+        if self.streaming:  # a stream's order depends on how it was split among readers
+            state.update(
+                world_size=self._rank_world()[1],
+                num_workers=self.cfg.num_workers,
+                micro_batch_size=self.micro_batch_size,
+            )
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = state or None
+        if self._restored is not None and self.meta is not None:
+            self._check_resume(self._restored)
+
+    def _check_resume(self, saved: dict) -> None:
+        now = self._identity()
+        if self.streaming:
+            now.update(
+                world_size=self._rank_world()[1],
+                num_workers=self.cfg.num_workers,
+                micro_batch_size=self.micro_batch_size,
+            )
+        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
+        if changed:
+            raise ConfigError(
+                "cannot resume exactly: the checkpoint read other data or batches than this run would ("
+                + "; ".join(changed)
+                + "); resume with the original data, tokenizer, seed, seq_len and batch_size"
+            )
+
+    # -- what a run reports about its data -----------------------------------------------------------------
 
     def val_unigram_entropy(self) -> float:
         """Unigram entropy (nats) of exactly the target tokens the validation loss is computed on."""
-        n_targets = len(self.val_starts()) * self.seq_len
-        return unigram_entropy(self.splits["val"][1 : n_targets + 1], self.tokenizer.vocab_size)
+        return unigram_entropy(ValWindows(self.val, self.seq_len, self.val_tokens).targets(), self.tokenizer.vocab_size)
+
+    def val_token_count(self) -> int:
+        return len(ValWindows(self.val, self.seq_len, self.val_tokens).all_windows) * self.seq_len

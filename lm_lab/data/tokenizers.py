@@ -1,21 +1,28 @@
-"""Tokenizers that need no network: UTF-8 bytes, and a byte-level BPE trained with `tokenizers` and cached.
+"""Tokenizers: GPT-2's BPE through tiktoken, any Hugging Face tokenizer, UTF-8 bytes, and a byte-level BPE
+trained with `tokenizers` on the run's corpus and cached.
 
 Every tokenizer appends one end-of-text id after each document, so documents never run into each other
-without a separator in the token stream.
+without a separator in the token stream. Tokenizers that live on a hub are looked up in the local cache
+first; when they are not there and the hub cannot be reached, loading fails at once with a message that
+says how to provide the files, instead of hanging on retries.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lm_lab.errors import raise_if
+import numpy as np
+
+from lm_lab.errors import ConfigError, raise_if
 from lm_lab.fileio import atomic_write_text
 
 EOT = "<|endoftext|>"
-KINDS = ("bpe", "bytes")
+KINDS = ("bpe", "bytes", "tiktoken", "hf")
 
 
 @dataclass
@@ -23,9 +30,18 @@ class TokenizerConfig:
     """Which tokenizer a run uses."""
 
     name: str = "bpe"
-    """`bpe` (byte-level BPE trained on the run's training split, cached) or `bytes` (UTF-8 bytes)."""
+    """`bpe` (byte-level BPE trained on the run's training split, cached), `bytes` (UTF-8 bytes),
+    `tiktoken` (an OpenAI encoding such as GPT-2's, by `path`) or `hf` (a Hugging Face tokenizer by `path`)."""
     vocab_size: int = 4096
-    """Vocabulary size including the end-of-text token; `bytes` has exactly 257."""
+    """Number of ids, end-of-text included: the target size for `bpe`, 257 for `bytes`, and for `tiktoken`
+    and `hf` the size the tokenizer must have (checked when it loads; GPT-2's is 50257)."""
+    path: str | None = None
+    """`tiktoken`: the encoding name (`gpt2`); `hf`: a hub name (`gpt2`, `EleutherAI/pythia-160m`) or a local
+    folder or tokenizer.json file."""
+    eot_token: str | None = None
+    """`hf`: the token appended after each document; None takes `<|endoftext|>` or else `</s>`."""
+    train_bytes: int = 100_000_000
+    """`bpe`: learn the merges from at most this many bytes of the training split (in corpus order)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -35,7 +51,23 @@ class TokenizerConfig:
             problems.append(f"tokenizer.vocab_size={self.vocab_size} but the bytes tokenizer has 257 ids; set 257")
         elif self.name == "bpe" and not (isinstance(self.vocab_size, int) and 257 <= self.vocab_size <= 2**32):
             problems.append(f"tokenizer.vocab_size={self.vocab_size!r} must be an integer >= 257 for a byte-level BPE")
+        elif self.name in ("tiktoken", "hf") and not self.path:
+            example = "gpt2" if self.name == "tiktoken" else "EleutherAI/pythia-160m"
+            problems.append(
+                f"tokenizer.path is required for tokenizer.name={self.name!r}, e.g. tokenizer.path={example}"
+            )
+        if not (isinstance(self.vocab_size, int) and self.vocab_size > 0):
+            problems.append(f"tokenizer.vocab_size={self.vocab_size!r} must be a positive integer")
         raise_if(problems)
+
+    @property
+    def cache_key(self) -> str:
+        """A folder name for token files made with this tokenizer (the exact identity is checked on load)."""
+        if self.name == "bytes":
+            return "bytes"
+        if self.name == "bpe":
+            return f"bpe{self.vocab_size}"
+        return f"{self.name}-{''.join(c if c.isalnum() or c in '.-_' else '_' for c in str(self.path))}"
 
 
 class ByteTokenizer:
@@ -44,6 +76,7 @@ class ByteTokenizer:
     vocab_size = 257
     eot_id = 256
     name = "bytes"
+    spec = ("bytes", None)
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
@@ -51,19 +84,51 @@ class ByteTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
+    def encode_docs(self, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        """All documents as one array, each followed by end-of-text, and the per-document lengths."""
+        parts = [np.frombuffer(t.encode("utf-8") + b"\xff", dtype=np.uint8) for t in texts]
+        tokens = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        tokens[tokens == 255] = self.eot_id  # 0xff never occurs in UTF-8, so it marks the document ends
+        return tokens, np.array([len(p) for p in parts], dtype=np.int64)
+
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
-class BPETokenizer:
-    """Byte-level BPE (GPT-2's pre-tokenisation) from the Hugging Face `tokenizers` library."""
+class _ListTokenizer:
+    """Shared by the wrapped tokenizers: `encode_batch` gives lists of ids.
 
-    def __init__(self, tokenizer):
+    `threads=False` in worker processes (one per core already): a plain loop of `encode` is ~30% faster than a
+    single-threaded `encode_batch` of Hugging Face tokenizers.
+    """
+
+    threads = True
+
+    def encode_docs(self, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.encode_batch(texts)
+        lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)
+        tokens = np.empty(int(lengths.sum()), dtype=dtype)
+        ends = np.cumsum(lengths)
+        for x, end in zip(ids, ends, strict=True):
+            tokens[end - len(x) - 1 : end - 1] = x
+        tokens[ends - 1] = self.eot_id
+        return tokens, lengths
+
+
+class BPETokenizer(_ListTokenizer):
+    """A Hugging Face `tokenizers.Tokenizer`: our trained byte-level BPE, or any tokenizer.json."""
+
+    def __init__(self, tokenizer, path: str | None = None, eot_token: str | None = None, label: str = "bpe"):
         self._tok = tokenizer
         self.vocab_size = tokenizer.get_vocab_size()
-        self.eot_id = tokenizer.token_to_id(EOT)
-        # the name identifies the exact merges, so token files made with another BPE are never mixed up
-        self.name = f"bpe{self.vocab_size}-{hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:12]}"
+        eot = eot_token or next((t for t in (EOT, "</s>") if tokenizer.token_to_id(t) is not None), None)
+        if eot is None or tokenizer.token_to_id(eot) is None:
+            raise ConfigError(f"tokenizer has no end-of-text token {eot_token or EOT!r}; set tokenizer.eot_token")
+        self.eot_id = tokenizer.token_to_id(eot)
+        # the name identifies the exact vocabulary and merges, so token files made with another are never mixed up
+        digest = hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:12]
+        self.name = f"{label}{self.vocab_size}-{digest}"
+        self.spec = ("json", path, eot)
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> BPETokenizer:
@@ -82,22 +147,155 @@ class BPETokenizer:
         return cls(tok)
 
     @classmethod
-    def load(cls, path: str | Path) -> BPETokenizer:
+    def load(cls, path: str | Path, eot_token: str | None = None, label: str = "bpe") -> BPETokenizer:
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(path)))
+        return cls(Tokenizer.from_file(str(path)), path=str(path), eot_token=eot_token, label=label)
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self._tok.to_str())
+        self.spec = ("json", str(path), self.spec[2])
 
     def encode(self, text: str) -> list[int]:
-        return self._tok.encode(text).ids
+        return self._tok.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self._tok.encode_batch(texts)]  # parallel in Rust
+        if not self.threads:
+            return [self.encode(t) for t in texts]
+        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]  # parallel in Rust
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode(list(ids))
+        return self._tok.decode(list(ids), skip_special_tokens=False)
 
 
-Tokenizer = ByteTokenizer | BPETokenizer
+class TiktokenTokenizer(_ListTokenizer):
+    """An OpenAI tiktoken encoding (GPT-2's BPE: 50257 ids, `<|endoftext|>` = 50256)."""
+
+    def __init__(self, encoding):
+        self._enc = encoding
+        self.vocab_size = encoding.n_vocab
+        self.eot_id = encoding.eot_token
+        self.name = f"tiktoken-{encoding.name}"
+        self.spec = ("tiktoken", encoding.name)
+
+    def encode(self, text: str) -> list[int]:
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self._enc.encode_ordinary_batch(texts, num_threads=8 if self.threads else 1)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._enc.decode(list(ids))
+
+
+Tokenizer = ByteTokenizer | BPETokenizer | TiktokenTokenizer
+
+
+def reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to host:443 opens within `timeout` seconds (the libraries' own retries can
+    take a minute or, with no timeout set, forever)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"
+
+
+def tiktoken_cache_dir() -> Path:
+    """Where tiktoken caches its files (its own rule: TIKTOKEN_CACHE_DIR, DATA_GYM_CACHE_DIR, or a temp folder)."""
+    import tempfile
+
+    env = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    return Path(env) if env else Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def _tiktoken_urls(name: str) -> list[str]:
+    if name == "gpt2":
+        return [f"https://{TIKTOKEN_HOST}/gpt-2/encodings/main/{f}" for f in ("vocab.bpe", "encoder.json")]
+    return [f"https://{TIKTOKEN_HOST}/encodings/{name}.tiktoken"]
+
+
+def load_tiktoken(name: str) -> TiktokenTokenizer:
+    import tiktoken
+
+    known = sorted(tiktoken.list_encoding_names())
+    if name not in known:
+        raise ConfigError(f"tokenizer.path={name!r} is not a tiktoken encoding; known: {known}")
+    cache = tiktoken_cache_dir()
+    # tiktoken caches each file under the sha1 of its URL and downloads with no timeout: check first
+    missing = [u for u in _tiktoken_urls(name) if not (cache / hashlib.sha1(u.encode()).hexdigest()).exists()]
+    help_ = (
+        f'on a machine with internet run `TIKTOKEN_CACHE_DIR=DIR python -c "import tiktoken; '
+        f"tiktoken.get_encoding('{name}')\"`, copy DIR here and set TIKTOKEN_CACHE_DIR=DIR"
+    )
+    if missing and not reachable(TIKTOKEN_HOST):
+        files = ", ".join(u.rsplit("/", 1)[1] for u in missing)
+        raise ConfigError(
+            f"tiktoken encoding {name!r}: {files} not cached in {cache} and {TIKTOKEN_HOST} cannot be reached; {help_}"
+        )
+    try:
+        return TiktokenTokenizer(tiktoken.get_encoding(name))
+    except Exception as e:  # a download that failed half-way, a corrupt cache file
+        raise ConfigError(f"tiktoken encoding {name!r} failed to load ({e}); {help_}") from e
+
+
+def load_hf(path: str, eot_token: str | None) -> BPETokenizer:
+    """A Hugging Face tokenizer from a local tokenizer.json (file or folder) or the hub (cache first)."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        local = local / "tokenizer.json"
+    if local.exists():
+        return BPETokenizer.load(local, eot_token=eot_token, label="hf")
+    if path.startswith((".", "/", "~")):
+        raise ConfigError(f"tokenizer.path={path!r}: no such file or folder with a tokenizer.json")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        file = hf_hub_download(path, "tokenizer.json", local_files_only=True)
+    except LocalEntryNotFoundError:
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        if offline or not reachable("huggingface.co"):
+            raise ConfigError(
+                f"tokenizer.path={path!r} is not in the Hugging Face cache and the hub "
+                f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}; on a machine with internet "
+                f"run `huggingface-cli download {path} tokenizer.json` and copy the cache (HF_HOME), or set "
+                f"tokenizer.path to a local folder holding tokenizer.json"
+            ) from None
+        file = hf_hub_download(path, "tokenizer.json")
+    return BPETokenizer.load(file, eot_token=eot_token, label="hf")
+
+
+def load_tokenizer(cfg: TokenizerConfig, trained_path: Path | None = None) -> Tokenizer:
+    """The tokenizer of `cfg`; a `bpe` one must already be trained and saved at `trained_path`."""
+    if cfg.name == "bytes":
+        return ByteTokenizer()
+    if cfg.name == "bpe":
+        if trained_path is None or not trained_path.exists():
+            raise ConfigError(f"the bpe tokenizer is not trained yet (expected at {trained_path})")
+        tok = BPETokenizer.load(trained_path)
+    elif cfg.name == "tiktoken":
+        tok = load_tiktoken(cfg.path)
+    else:
+        tok = load_hf(cfg.path, cfg.eot_token)
+    if cfg.name != "bpe" and tok.vocab_size != cfg.vocab_size:
+        raise ConfigError(
+            f"tokenizer.vocab_size={cfg.vocab_size} but {cfg.path!r} has {tok.vocab_size} ids; "
+            f"set tokenizer.vocab_size={tok.vocab_size}"
+        )
+    return tok
+
+
+def tokenizer_from_spec(spec: tuple) -> Tokenizer:
+    """Rebuild a tokenizer in another process from its picklable `spec`."""
+    kind = spec[0]
+    if kind == "bytes":
+        return ByteTokenizer()
+    if kind == "tiktoken":
+        import tiktoken
+
+        return TiktokenTokenizer(tiktoken.get_encoding(spec[1]))
+    return BPETokenizer.load(spec[1], eot_token=spec[2])

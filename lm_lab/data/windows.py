@@ -1,9 +1,15 @@
-"""Contiguous windows of `seq_len + 1` tokens over a memory-mapped token stream, and their order.
+"""Training and validation batches: contiguous windows of `seq_len + 1` tokens, in an order that is a pure
+function of (seed, epoch, position), so a resumed run reads exactly what an uninterrupted one would.
 
-Training walks the stream in epochs: each epoch picks a random phase in [0, seq_len) and visits every
-window that starts at `phase + k * seq_len` once, in a random order. Both choices are a pure function of
-(seed, epoch), so an epoch's order can be rebuilt anywhere, and within an epoch no token is seen twice
-(nanoGPT samples offsets with replacement, so some text is seen twice and some never).
+Prepared data: each epoch picks a random phase in [0, seq_len), tiles every shard with windows starting at
+`phase + k * seq_len`, and visits them in a random order: within an epoch no token is seen twice (nanoGPT
+samples offsets with replacement, so some text is seen twice and some never). An epoch holds a whole number
+of global batches. Global micro-batch j holds windows [j * micro, (j + 1) * micro) of the epoch's order, and
+rank r of W reads the micro-batches j = r, r + W, r + 2W, ...: a step's global batch is the same set of
+windows whatever the world size and accumulation, and the ranks never overlap.
+
+The position is the number of global micro-batches consumed, `global_step * batch_size / micro_batch_size`,
+so it is restored from the checkpoint's step; Lightning sees one endless epoch and never skips or replays.
 """
 
 from __future__ import annotations
@@ -12,64 +18,98 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from lm_lab.data.shards import TokenShards
 
 
-class TokenWindows(Dataset):
-    """Index = start position in the token stream; item = tokens[start : start + seq_len + 1] as int64."""
+class EpochPlan:
+    """The window order of one epoch over a split's shards."""
 
-    def __init__(self, tokens: np.ndarray, seq_len: int):
-        self.tokens = tokens
-        self.seq_len = seq_len
-
-    def __len__(self) -> int:
-        return len(self.tokens) - self.seq_len
-
-    def __getitem__(self, start: int) -> torch.Tensor:
-        window = self.tokens[start : start + self.seq_len + 1]
-        return torch.from_numpy(window.astype(np.int64))
-
-
-class EpochWindowSampler(Sampler[int]):
-    """Yields window start positions: a seeded random phase and permutation per epoch.
-
-    An epoch holds a whole number of global batches (`multiple_of`), so no optimizer step ever straddles
-    an epoch boundary with a partial batch; the few windows left over differ from epoch to epoch.
-    """
-
-    def __init__(self, n_tokens: int, seq_len: int, seed: int, multiple_of: int = 1):
-        self.n_tokens = n_tokens
-        self.seq_len = seq_len
-        self.seed = seed
-        self.epoch = 0
-        # windows at one phase: the same count whatever the phase, the last one ending inside the stream
-        self.n_tiles = n_tokens // seq_len - 1
-        self.n_windows = self.n_tiles // multiple_of * multiple_of
+    def __init__(self, sizes: np.ndarray, seq_len: int, seed: int, multiple_of: int = 1):
+        self.seq_len, self.seed = seq_len, seed
+        # windows per shard at any phase: the last one must end inside the shard
+        self.tiles = np.maximum(np.asarray(sizes, dtype=np.int64) // seq_len - 1, 0)
+        self.offsets = np.concatenate([[0], np.cumsum(self.tiles)])
+        total = int(self.offsets[-1])
+        self.n_windows = total // multiple_of * multiple_of
         if self.n_windows < 1:
             raise ValueError(
-                f"{n_tokens} tokens hold {max(self.n_tiles, 0)} windows of seq_len + 1 = {seq_len + 1} tokens, "
-                f"fewer than one batch of {multiple_of}"
+                f"{int(np.sum(sizes))} tokens hold {total} windows of seq_len + 1 = {seq_len + 1} tokens, "
+                f"fewer than one global batch of {multiple_of}"
             )
 
-    def set_epoch(self, epoch: int) -> None:
-        """Called by Lightning at the start of every epoch."""
-        self.epoch = epoch
-
-    def starts(self, epoch: int) -> np.ndarray:
+    def windows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, start position) of each window of `epoch`, in visiting order."""
         rng = np.random.default_rng([self.seed, epoch])
         phase = int(rng.integers(self.seq_len))
-        return phase + rng.permutation(self.n_tiles)[: self.n_windows] * self.seq_len
+        order = rng.permutation(int(self.offsets[-1]))[: self.n_windows]  # the left-over windows change per epoch
+        shard = np.searchsorted(self.offsets, order, side="right") - 1
+        return shard, phase + (order - self.offsets[shard]) * self.seq_len
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.starts(self.epoch).tolist())
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class TrainWindows(IterableDataset):
+    """This rank's training micro-batches, (micro, seq_len + 1) int64, from global micro-batch `start` on, forever."""
+
+    def __init__(self, shards: TokenShards, seq_len: int, micro: int, batch_size: int, seed: int, *,
+                 rank: int = 0, world: int = 1, start: int = 0):  # fmt: skip
+        if start % world:
+            raise ValueError(f"start={start} must be a multiple of the world size {world}")
+        self.shards, self.seq_len, self.micro = shards, seq_len, micro
+        self.rank, self.world, self.start = rank, world, start
+        self.plan = EpochPlan(shards.sizes, seq_len, seed, multiple_of=batch_size)
+        self.per_epoch = self.plan.n_windows // micro  # global micro-batches per epoch, a multiple of world
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        worker, n_workers = _worker()
+        # DataLoader workers take turns starting with worker 0, so worker k serves this rank's k-th, (k+K)-th, ...
+        # micro-batch counted from the start: the order is the same for any number of workers
+        local = self.start // self.world + worker
+        epoch, windows = -1, None
+        while True:
+            j = local * self.world + self.rank  # global micro-batch index
+            e, jj = divmod(j, self.per_epoch)
+            if e != epoch:
+                epoch, windows = e, self.plan.windows(e)
+            shard, start = (a[jj * self.micro : (jj + 1) * self.micro] for a in windows)
+            batch = np.stack([self.shards.window(s, p, self.seq_len + 1) for s, p in zip(shard, start, strict=True)])
+            yield torch.from_numpy(batch.astype(np.int64))
+            local += n_workers
+
+    def epoch_at(self, micro_batches: int) -> float:
+        """Epochs completed after `micro_batches` global micro-batches."""
+        return micro_batches / self.per_epoch
+
+
+class ValWindows(Dataset):
+    """Non-overlapping windows from the start of each validation shard (every target token scored once), capped
+    at `max_tokens`; rank r of W takes windows r, r + W, ... so the ranks together score each window once."""
+
+    def __init__(
+        self, shards: TokenShards, seq_len: int, max_tokens: int | None = None, *, rank: int = 0, world: int = 1
+    ):
+        self.shards, self.seq_len = shards, seq_len
+        all_windows = [
+            (i, k * seq_len) for i, size in enumerate(shards.sizes) for k in range((int(size) - 1) // seq_len)
+        ]
+        if max_tokens is not None:
+            all_windows = all_windows[: max(1, max_tokens // seq_len)]
+        self.all_windows = all_windows
+        self.windows = all_windows[rank::world]
 
     def __len__(self) -> int:
-        return self.n_windows
+        return len(self.windows)
 
+    def __getitem__(self, i: int) -> torch.Tensor:
+        shard, start = self.windows[i]
+        return torch.from_numpy(self.shards.window(shard, start, self.seq_len + 1).astype(np.int64))
 
-def sequential_starts(n_tokens: int, seq_len: int, max_tokens: int | None = None) -> list[int]:
-    """Non-overlapping windows from the beginning, for evaluation: every target token is scored once."""
-    n = (n_tokens - 1) // seq_len
-    if max_tokens is not None:
-        n = min(n, max(1, max_tokens // seq_len))
-    return [k * seq_len for k in range(n)]
+    def targets(self) -> np.ndarray:
+        """Every target token the validation loss is computed on, over all ranks."""
+        parts = [self.shards.window(s, p + 1, self.seq_len) for s, p in self.all_windows]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)

@@ -1,0 +1,1 @@
+"""Data: corpora, tokenizers, token shards, batches (import submodules directly; this package stays light)."""

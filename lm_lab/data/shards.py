@@ -1,0 +1,86 @@
+"""Token files on disk: the held-out rule, the shard layout, and reading shards back as memory maps.
+
+A token folder holds `meta.json` and, per split, shard files of raw token ids (`train-00000.bin`, ...;
+uint16 when the vocabulary fits, else uint32), each document followed by the end-of-text id. Training
+reads them through `numpy.memmap`, with no Python work per token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lm_lab.errors import ConfigError
+
+SPLITS = ("train", "val")
+FORMAT_VERSION = 2
+
+
+def held_out(text: str, val_fraction: float) -> bool:
+    """Whether a document is a validation candidate: a hash of its text alone decides, so the choice is the same
+    on every run, machine and world size, and exact duplicates always fall on the same side."""
+    u = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
+    return u < val_fraction
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def read_meta(token_dir: Path) -> dict:
+    path = token_dir / "meta.json"
+    if not path.exists():
+        raise ConfigError(
+            f"{path} not found: the token files are not prepared; run `lm-lab prepare-data` with this run's data and tokenizer"
+        )
+    return json.loads(path.read_text())
+
+
+class TokenShards:
+    """One split's shards, memory-mapped, each checked to hold exactly the tokens meta.json promises."""
+
+    def __init__(self, token_dir: Path, split: str, meta: dict | None = None):
+        meta = meta or read_meta(token_dir)
+        if split not in meta["splits"]:
+            raise ConfigError(f"{token_dir} has no {split!r} split (it holds {sorted(meta['splits'])})")
+        dtype = np.dtype(meta["dtype"])
+        self.maps: list[np.memmap] = []
+        for shard in meta["splits"][split]["shards"]:
+            path = token_dir / shard["file"]
+            expected = shard["tokens"] * dtype.itemsize
+            size = path.stat().st_size if path.exists() else None
+            if size != expected:
+                raise ConfigError(
+                    f"token file {path} has {size} bytes but meta.json promises {shard['tokens']} tokens ({expected} "
+                    f"bytes): it is missing or truncated; delete {token_dir} and prepare it again"
+                )
+            self.maps.append(np.memmap(path, dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype))
+        self.sizes = np.array([len(m) for m in self.maps], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.sizes.sum())
+
+    def window(self, shard: int, start: int, length: int) -> np.ndarray:
+        return self.maps[shard][start : start + length]
+
+    def concatenated(self, max_tokens: int | None = None) -> np.ndarray:
+        parts, n = [], 0
+        for m in self.maps:
+            take = m if max_tokens is None else m[: max(0, max_tokens - n)]
+            parts.append(np.asarray(take))
+            n += len(take)
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+    """Entropy in nats of the tokens' empirical unigram distribution.
+
+    It is the cross-entropy of the best model that knows only token frequencies (and knows them on this very
+    data), so a validation loss well below it means the model learned context, not just frequencies.
+    """
+    counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size).astype(np.float64)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
