@@ -62,6 +62,11 @@ class LMModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def on_train_start(self) -> None:
+        check = getattr(self.trainer.datamodule, "check_position", None)
+        if check is not None:  # the data must resume exactly where the restored step left it
+            check(self.global_step)
+
     def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
         # Lightning validates on the interval or when told to stop, not at max_steps between intervals: ask it to
         # stop at the last step, so the final weights are scored inside fit, logged and checkpointed (last/best).

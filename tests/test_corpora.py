@@ -43,6 +43,7 @@ def write_corpus(kind: str, docs: list[str], root: Path) -> Path:
     if kind == "txt":
         for i, d in enumerate(docs):
             (root / f"doc{i:04d}.txt").write_text(d, encoding="utf-8")
+        (root / "README.md").write_text("not a document\nof the corpus\n")  # ignored: not a data file
     elif kind == "jsonl":
         half = len(docs) // 2
         for part, (a, b) in enumerate([(0, half), (half, len(docs))]):
@@ -116,6 +117,16 @@ def test_prepare_data_command(documents, tmp_path, capsys):
     assert out["tokenizer"] == "bytes" and out["splits"]["train"]["documents"] + out["splits"]["val"]["documents"] == 30
     assert Path(out["folder"], "meta.json").exists()
     assert main(args) == 0  # a second call finds the files
+
+
+def test_single_split_sources_refuse_other_splits(documents, tmp_path):
+    corpus = write_corpus("parquet", documents[:20], tmp_path / "corpus")
+    cfg = DataConfig(name="c", source="local", path=str(corpus / "corpus.parquet"), val_from="validation",
+                     cache_dir=str(tmp_path / "cache"), num_proc=1)  # fmt: skip
+    with pytest.raises(
+        ConfigError, match=r"is a single file with no named splits, so split 'validation' does not exist"
+    ):
+        prepare(cfg, BYTES, progress=False)
 
 
 def test_prepare_is_deterministic_whatever_the_process_count(documents, tmp_path):
@@ -246,20 +257,21 @@ def test_bad_corpus_fails_with_one_line_before_training(documents, tmp_path):
 @pytest.mark.slow
 def test_resumed_run_reads_exactly_the_batches_of_an_uninterrupted_one(documents, tmp_path):
     corpus = small_corpus(documents, tmp_path / "corpus")
-    run(tiny_run(corpus, tmp_path / "a", tmp_path / "a_rec", "train.max_steps=24"), tmp_path / "cache")
-    run(tiny_run(corpus, tmp_path / "b", tmp_path / "b_rec", "train.max_steps=10"), tmp_path / "cache")
+    accumulate = "train.micro_batch_size=2"  # 2 micro-batches per optimizer step
+    run(tiny_run(corpus, tmp_path / "a", tmp_path / "a_rec", "train.max_steps=24", accumulate), tmp_path / "cache")
+    run(tiny_run(corpus, tmp_path / "b", tmp_path / "b_rec", "train.max_steps=10", accumulate), tmp_path / "cache")
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
     run(
-        tiny_run(corpus, tmp_path / "b2", tmp_path / "b_rec", "train.max_steps=24", f"ckpt_path={last}"),
+        tiny_run(corpus, tmp_path / "b2", tmp_path / "b_rec", "train.max_steps=24", accumulate, f"ckpt_path={last}"),
         tmp_path / "cache",
     )
     a, b = read_records(tmp_path / "a_rec"), read_records(tmp_path / "b_rec")
-    assert [r["step"] for r in b] == list(range(24))  # no batch repeated, none skipped
+    assert [r["step"] for r in b] == [s for s in range(24) for _ in range(2)]  # no batch repeated, none skipped
     assert a == b
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     assert 1 < results["epochs"] < 3  # it crossed an epoch boundary
     state = torch.load(last, weights_only=True)["LMDataModule"]
-    assert state["global_step"] == 10 and state["micro_batches"] == 10 and state["tokenizer"] == "bytes"
+    assert state["global_step"] == 10 and state["micro_batches"] == 20 and state["tokenizer"] == "bytes"
 
 
 @pytest.mark.slow

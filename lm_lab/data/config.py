@@ -44,6 +44,9 @@ class DataConfig:
     val_from: str | None = None
     """Take validation documents from this split of the dataset (e.g. `validation`) instead of holding
     documents out of the training split; `val_split_tokens` still caps it."""
+    download_first: bool = False
+    """Preparing a hub dataset: False streams it through (no second copy on disk); True downloads it into the
+    `datasets` cache first (a broken connection resumes, and HF_DATASETS_OFFLINE=1 works afterwards)."""
     cache_dir: str = "~/.cache/lm_lab"
     """Token files and trained tokenizers live here, one folder per corpus, split rule and tokenizer."""
     hf_cache_dir: str | None = None
@@ -71,6 +74,10 @@ class DataConfig:
             problems.append(
                 "data.mode=streaming needs data.val_split_tokens (how much validation text to hold out), e.g. 3000000"
             )
+        if self.source == "embedded" and self.val_from is not None:
+            problems.append(
+                "data.val_from needs a dataset with named splits; the embedded corpus holds out data.val_fraction"
+            )
         if self.source == "embedded" and self.mode == "streaming":
             problems.append(
                 "data.mode=streaming needs a `datasets` source (local or hub); the embedded corpus is prepared"
@@ -93,7 +100,10 @@ class DataConfig:
 
     @property
     def processes(self) -> int:
-        return self.num_proc or os.cpu_count() or 1
+        """Tokenising processes: `num_proc`, or the cores this process may run on (cgroup/affinity aware)."""
+        if self.num_proc:
+            return self.num_proc
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     @property
     def split_key(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -73,17 +74,21 @@ class LMDataModule(L.LightningDataModule):
         if not self.streaming:
             self.train = TokenShards(folder, "train", self.meta)
         problems = []
-        need = {"train": (self.batch_size + 1) * self.seq_len, "val": 2 * self.seq_len}
-        for split, shards in (("train", self.train), ("val", self.val)):
-            if shards is not None and len(shards) < need[split]:
+        if self.train is not None:
+            tiles = int(np.maximum(self.train.sizes // self.seq_len - 1, 0).sum())
+            if tiles < self.batch_size:
                 problems.append(
-                    f"the {split} split of data.name={self.cfg.name!r} has {len(shards)} tokens, fewer than the "
-                    f"{need[split]} that train.seq_len={self.seq_len} and train.batch_size={self.batch_size} need; "
-                    f"use more data, lower them, or change data.val_fraction / data.val_split_tokens"
+                    f"the train split of data.name={self.cfg.name!r} holds {tiles} windows of train.seq_len={self.seq_len} "
+                    f"tokens, fewer than one train.batch_size={self.batch_size}; use more data or lower them"
                 )
+        world = self._rank_world()[1]
+        n_val = len(ValWindows(self.val, self.seq_len, self.val_tokens).all_windows)
+        if n_val < world:
+            problems.append(
+                f"the validation split of data.name={self.cfg.name!r} holds {n_val} windows of train.seq_len={self.seq_len} "
+                f"tokens, fewer than the {world} processes that share it; raise data.val_fraction / data.val_split_tokens"
+            )
         raise_if(problems)
-        if self._restored is not None:
-            self._check_resume(self._restored)
         if self.trainer is None or self.trainer.is_global_zero:
             log.info(
                 "data %s (%s): %s train / %s val tokens, tokenizer %s, files in %s",
@@ -93,8 +98,12 @@ class LMDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
+        if self._restored is not None:
+            self._check_resume(self._restored)
         # Lightning calls this after restoring a checkpoint: the global step says where the data resumes
+        # (`check_position` verifies that at the start of training)
         start = self.consumed_micro_batches(self.trainer.global_step if self.trainer is not None else 0)
+        self._train_start = start
         if self.streaming:
             dataset = StreamWindows(
                 self.cfg, self.tokenizer.spec, self.tokenizer.vocab_size, self.seq_len, self.micro_batch_size,
@@ -124,6 +133,15 @@ class LMDataModule(L.LightningDataModule):
         """Global micro-batches read after `global_step` optimizer steps."""
         return global_step * (self.batch_size // self.micro_batch_size)
 
+    def check_position(self, global_step: int) -> None:
+        """Called when training starts: the training data must begin where the restored step says it does."""
+        expected = self.consumed_micro_batches(global_step)
+        if getattr(self, "_train_start", expected) != expected:
+            raise RuntimeError(
+                f"the training data starts at micro-batch {self._train_start} but step {global_step} has consumed "
+                f"{expected}: the dataloader was built before the checkpoint was restored"
+            )
+
     def epochs_at(self, global_step: int) -> float | None:
         """Passes over the training split after `global_step` steps (None when streaming: the size is unknown)."""
         if self.streaming or self.train is None:
@@ -132,9 +150,11 @@ class LMDataModule(L.LightningDataModule):
         return self.consumed_micro_batches(global_step) / per_epoch
 
     def _identity(self) -> dict:
+        source = {"path": self.cfg.path, "revision": self.cfg.revision, "shuffle_buffer": self.cfg.shuffle_buffer}
         return {
             "data": self.cfg.name,
             "mode": self.cfg.mode,
+            **(source if self.streaming else {}),
             "content": self.meta["splits"]["val"]["content_hash"]
             if self.streaming
             else self.meta["splits"]["train"]["content_hash"],
@@ -160,9 +180,7 @@ class LMDataModule(L.LightningDataModule):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self._restored = state or None
-        if self._restored is not None and self.meta is not None:
-            self._check_resume(self._restored)
+        self._restored = state or None  # checked when training resumes (not for validation-only use)
 
     def _check_resume(self, saved: dict) -> None:
         now = self._identity()

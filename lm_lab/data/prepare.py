@@ -77,20 +77,27 @@ def _training_texts(cfg: DataConfig, max_bytes: int) -> Iterator[str]:
 _worker: dict = {}
 
 
-def _init_worker(spec: tuple, dtype: str, val_fraction: float | None, in_pool: bool) -> None:
+def _init_worker(spec: tuple, dtype: str, val_fraction: float | None, held_out_only: bool, in_pool: bool) -> None:
     tokenizer = tokenizer_from_spec(spec)
     if in_pool:  # one process per core already: no nested thread pools
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         tokenizer.threads = False
-    _worker.update(tokenizer=tokenizer, dtype=np.dtype(dtype), val_fraction=val_fraction)
+    _worker.update(tokenizer=tokenizer, dtype=np.dtype(dtype), val_fraction=val_fraction, held_out_only=held_out_only)
 
 
-def _tokenize(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(all tokens with end-of-text after each document, per-document lengths, held-out flags)."""
-    tokens, lengths = _worker["tokenizer"].encode_docs(texts, _worker["dtype"])
+def _tokenize(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(all tokens with end-of-text after each document, per-document lengths, held-out flags, documents read).
+
+    With `held_out_only` (preparing only the validation split) the other documents are not tokenised at all.
+    """
     frac = _worker["val_fraction"]
     flags = np.array([held_out(t, frac) for t in texts] if frac else [False] * len(texts), dtype=bool)
-    return tokens, lengths, flags
+    n_read = len(texts)
+    if _worker["held_out_only"]:
+        texts = [t for t, f in zip(texts, flags, strict=True) if f]
+        flags = np.ones(len(texts), dtype=bool)
+    tokens, lengths = _worker["tokenizer"].encode_docs(texts, _worker["dtype"])
+    return tokens, lengths, flags, n_read
 
 
 def ordered_map(fn: Callable, items: Iterable, processes: int, initializer: Callable, initargs: tuple) -> Iterator:
@@ -200,10 +207,11 @@ def prepare(cfg: DataConfig, tok_cfg: TokenizerConfig, *, val_only: bool = False
         if not (val_only and cfg.val_from):
             passes.append((cfg.split, False))
         for split, all_val in passes:
-            initargs = (tokenizer.spec, dtype.name, None if cfg.val_from else cfg.val_fraction, cfg.processes > 1)
+            frac = None if cfg.val_from else cfg.val_fraction
+            initargs = (tokenizer.spec, dtype.name, frac, val_only and frac is not None, cfg.processes > 1)
             bar = tqdm(desc=f"tokenising {cfg.name}/{split}", unit=" docs", disable=not progress, mininterval=1.0)
             results = ordered_map(_tokenize, chunks(iter_texts(cfg, split)), cfg.processes, _init_worker, initargs)
-            for tokens, lengths, held in results:
+            for tokens, lengths, held, n_read in results:
                 for doc, is_val in zip(np.split(tokens, np.cumsum(lengths)[:-1]), held | all_val, strict=True):
                     if not is_val:
                         if "train" in writers:
@@ -213,7 +221,7 @@ def prepare(cfg: DataConfig, tok_cfg: TokenizerConfig, *, val_only: bool = False
                     else:
                         dropped["documents"] += 1
                         dropped["tokens"] += len(doc)
-                bar.update(len(lengths))
+                bar.update(n_read)
                 bar.set_postfix(
                     tokens=f"{sum(w.tokens for w in writers.values()) + dropped['tokens']:.3g}", refresh=False
                 )

@@ -17,6 +17,7 @@ from lm_lab.errors import ConfigError
 
 TEXT_SUFFIXES = {".txt"}
 ROW_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+DATA_SUFFIXES = TEXT_SUFFIXES | set(ROW_FORMATS) | {".arrow", ".csv", ".gz", ".zst", ".bz2", ".xz"}
 SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
@@ -57,22 +58,41 @@ def fingerprint(cfg: DataConfig) -> str:
     return h.hexdigest()[:12]
 
 
+def _one_split(cfg: DataConfig, split: str, what: str) -> None:
+    """Sources without named splits hold only `train`: asking for another would silently read the same documents."""
+    if split != "train":
+        raise ConfigError(
+            f"data.path={cfg.path!r} is {what} with no named splits, so split {split!r} does not exist; "
+            f"leave data.split=train and data.val_from=null (validation is then held out by data.val_fraction)"
+        )
+
+
 def open_dataset(cfg: DataConfig, split: str, streaming: bool = True):
-    """The `datasets` dataset (iterable when `streaming`) of a local or hub source's `split`."""
+    """The `datasets` dataset of a local or hub source's `split`: iterable when `streaming` (except for a hub
+    dataset with HF_DATASETS_OFFLINE set, which is read from the `datasets` cache)."""
     import datasets
 
     if cfg.source == "hub":
         if not _offline() and not reachable("huggingface.co"):
             raise ConfigError(
-                f"data.path={cfg.path!r}: huggingface.co cannot be reached; if the dataset is in the cache already "
-                f"set HF_DATASETS_OFFLINE=1 (and data.mode=prepared), or prepare it on a machine with internet "
-                f"(`lm-lab prepare-data data={cfg.name}`) and copy data.cache_dir here"
+                f"data.path={cfg.path!r}: huggingface.co cannot be reached; prepare the data on a machine with internet "
+                f"(`lm-lab prepare-data data={cfg.name}`) and copy data.cache_dir here, or, if `datasets` has downloaded "
+                f"it already (data.download_first=true), set HF_DATASETS_OFFLINE=1"
             )
         try:
             return datasets.load_dataset(
                 cfg.path, cfg.config, split=split, revision=cfg.revision, cache_dir=cfg.hf_cache_dir,
                 streaming=streaming and not _offline(),
             )  # fmt: skip
+        except ImportError as e:  # e.g. .jsonl.zst files without zstandard
+            raise ConfigError(f"data.path={cfg.path!r} needs a package to decompress its files: {e}") from e
+        except RuntimeError as e:
+            if "scripts are no longer supported" not in str(e):
+                raise
+            raise ConfigError(
+                f"data.path={cfg.path!r} is a script-based dataset, which `datasets` no longer runs; use a Parquet "
+                f"mirror, or data.revision=refs/convert/parquet (the Hub's automatic conversion, partial for large datasets)"
+            ) from e
         except (ConnectionError, FileNotFoundError, ValueError) as e:
             raise ConfigError(
                 f"data.path={cfg.path!r} (config {cfg.config!r}, split {split!r}) could not be loaded: {e}"
@@ -82,21 +102,24 @@ def open_dataset(cfg: DataConfig, split: str, streaming: bool = True):
         ds = datasets.load_from_disk(str(root))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise ConfigError(f"data.path={cfg.path!r} has splits {list(ds)}, not {split!r}; set data.split")
+                raise ConfigError(
+                    f"data.path={cfg.path!r} has splits {list(ds)}, not {split!r}; set data.split / data.val_from"
+                )
             ds = ds[split]
+        else:
+            _one_split(cfg, split, "a saved dataset")
         return ds.to_iterable_dataset() if streaming else ds
-    files = _data_files(root)
+    files = [f for f in _data_files(root) if f.suffix in DATA_SUFFIXES]  # README.md, LICENSE ... are not data
     if not files:
-        raise ConfigError(f"data.path={cfg.path!r} holds no files")
-    suffixes = {f.suffix for f in files}
+        raise ConfigError(f"data.path={cfg.path!r} holds no data files ({', '.join(sorted(DATA_SUFFIXES))})")
     try:
-        if suffixes <= TEXT_SUFFIXES:  # each .txt file is one document
+        if {f.suffix for f in files} <= TEXT_SUFFIXES:  # each .txt file is one document
+            _one_split(cfg, split, "a folder of text files")
             return datasets.load_dataset(
                 "text", data_files=[str(f) for f in files], sample_by="document", split="train", streaming=streaming
             )
         if root.is_file():
-            if root.suffix not in ROW_FORMATS:
-                raise ConfigError(f"data.path={cfg.path!r}: unknown file type; use .txt, .jsonl, .json or .parquet")
+            _one_split(cfg, split, "a single file")
             return datasets.load_dataset(
                 ROW_FORMATS[root.suffix], data_files=[str(root)], split="train", streaming=streaming
             )
@@ -114,7 +137,7 @@ def iter_texts(cfg: DataConfig, split: str | None = None, batch_size: int = 256)
         for i in range(0, len(texts), batch_size):
             yield texts[i : i + batch_size]
         return
-    ds = open_dataset(cfg, split, streaming=True)
+    ds = open_dataset(cfg, split, streaming=not cfg.download_first)
     yield from texts_of(ds, cfg, batch_size)
 
 

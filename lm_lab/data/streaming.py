@@ -2,8 +2,9 @@
 
 The stream is shuffled with a seeded buffer (`IterableDataset.shuffle`, reseeded per epoch), held-out
 documents are skipped, and the tokens are packed into windows of `seq_len + 1` (consecutive windows share
-one token, so every token is a target once). Documents are dealt round-robin to the `world x workers`
-readers, so ranks and workers never read the same document.
+one token, so every token is a target once). The `world x workers` readers split the stream with
+`datasets.distributed.split_dataset_by_node` (whole shards each when they divide evenly, else every n-th
+document), so ranks and workers never read the same document.
 
 Resuming replays: each reader regenerates its stream and skips the micro-batches already consumed, so the
 resumed run sees exactly the tokens an uninterrupted one would (same world size and worker count), at the
@@ -47,23 +48,25 @@ class StreamWindows(IterableDataset):
                 yield batch
 
     def _batches(self, reader: int, n_readers: int) -> Iterator[torch.Tensor]:
+        from datasets import Dataset
+        from datasets.distributed import split_dataset_by_node
+
         tokenizer = tokenizer_from_spec(self.spec)
         need = self.micro * self.seq_len + 1
         buffer = np.zeros(0, dtype=self.dtype)
+        ds = open_dataset(self.cfg, self.cfg.split, streaming=True)
+        if isinstance(ds, Dataset):  # a hub dataset read from the `datasets` cache (HF_DATASETS_OFFLINE)
+            ds = ds.to_iterable_dataset(num_shards=max(n_readers, 64))
+        # the same seeded shard order and buffer on every reader; then each reader takes whole shards when they
+        # divide evenly among the readers, else every n-th document (`datasets`' own rule)
+        ds = split_dataset_by_node(
+            ds.shuffle(seed=self.seed, buffer_size=self.cfg.shuffle_buffer), rank=reader, world_size=n_readers
+        )
         epoch = 0
         while True:
-            ds = open_dataset(self.cfg, self.cfg.split, streaming=True).shuffle(
-                seed=self.seed, buffer_size=self.cfg.shuffle_buffer
-            )
-            ds.set_epoch(epoch)
-            i = -1
+            ds.set_epoch(epoch)  # a new shard order and shuffle-buffer seed each epoch
             for texts in texts_of(ds, self.cfg):
-                mine = []
-                for text in texts:
-                    i += 1
-                    if i % n_readers != reader or (self.cfg.val_from is None and held_out(text, self.cfg.val_fraction)):
-                        continue
-                    mine.append(text)
+                mine = [t for t in texts if self.cfg.val_from is not None or not held_out(t, self.cfg.val_fraction)]
                 if not mine:
                     continue
                 tokens, _ = tokenizer.encode_docs(mine, self.dtype)

@@ -193,7 +193,9 @@ Tokenizer = ByteTokenizer | BPETokenizer | TiktokenTokenizer
 
 def reachable(host: str, timeout: float = 3.0) -> bool:
     """Whether a TCP connection to host:443 opens within `timeout` seconds (the libraries' own retries can
-    take a minute or, with no timeout set, forever)."""
+    take a minute or, with no timeout set, forever). Behind a proxy or a hub mirror we cannot tell: True."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT")):
+        return True
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True
@@ -252,12 +254,12 @@ def load_hf(path: str, eot_token: str | None) -> BPETokenizer:
     if path.startswith((".", "/", "~")):
         raise ConfigError(f"tokenizer.path={path!r}: no such file or folder with a tokenizer.json")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         file = hf_hub_download(path, "tokenizer.json", local_files_only=True)
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
         if offline or not reachable("huggingface.co"):
             raise ConfigError(
                 f"tokenizer.path={path!r} is not in the Hugging Face cache and the hub "
@@ -265,7 +267,13 @@ def load_hf(path: str, eot_token: str | None) -> BPETokenizer:
                 f"run `huggingface-cli download {path} tokenizer.json` and copy the cache (HF_HOME), or set "
                 f"tokenizer.path to a local folder holding tokenizer.json"
             ) from None
-        file = hf_hub_download(path, "tokenizer.json")
+        try:
+            file = hf_hub_download(path, "tokenizer.json")
+        except HfHubHTTPError as e:  # no such repo, a gated one, or no tokenizer.json in it
+            raise ConfigError(
+                f"tokenizer.path={path!r}: no tokenizer.json could be downloaded ({type(e).__name__}); check the name, "
+                f"log in for gated repos (`huggingface-cli login`), or point tokenizer.path at a local tokenizer.json"
+            ) from e
     return BPETokenizer.load(file, eot_token=eot_token, label="hf")
 
 

@@ -24,28 +24,34 @@ from lm_lab.data.shards import TokenShards
 
 
 class EpochPlan:
-    """The window order of one epoch over a split's shards."""
+    """The window order of every epoch over a split's shards."""
 
     def __init__(self, sizes: np.ndarray, seq_len: int, seed: int, multiple_of: int = 1):
         self.seq_len, self.seed = seq_len, seed
         # windows per shard at any phase: the last one must end inside the shard
         self.tiles = np.maximum(np.asarray(sizes, dtype=np.int64) // seq_len - 1, 0)
         self.offsets = np.concatenate([[0], np.cumsum(self.tiles)])
-        total = int(self.offsets[-1])
-        self.n_windows = total // multiple_of * multiple_of
+        self.total = int(self.offsets[-1])
+        self.n_windows = self.total // multiple_of * multiple_of
         if self.n_windows < 1:
             raise ValueError(
-                f"{int(np.sum(sizes))} tokens hold {total} windows of seq_len + 1 = {seq_len + 1} tokens, "
+                f"{int(np.sum(sizes))} tokens hold {self.total} windows of seq_len + 1 = {seq_len + 1} tokens, "
                 f"fewer than one global batch of {multiple_of}"
             )
 
-    def windows(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(shard index, start position) of each window of `epoch`, in visiting order."""
+    def epoch(self, epoch: int) -> tuple[int, np.ndarray]:
+        """(phase, window indices in visiting order) of `epoch`: 4 bytes a window while there are < 2^31."""
         rng = np.random.default_rng([self.seed, epoch])
         phase = int(rng.integers(self.seq_len))
-        order = rng.permutation(int(self.offsets[-1]))[: self.n_windows]  # the left-over windows change per epoch
-        shard = np.searchsorted(self.offsets, order, side="right") - 1
-        return shard, phase + (order - self.offsets[shard]) * self.seq_len
+        order = np.arange(self.total, dtype=np.int32 if self.total < 2**31 else np.int64)
+        rng.shuffle(order)
+        return phase, order[: self.n_windows]  # the left-over windows change from epoch to epoch
+
+    def locate(self, phase: int, windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, start position) of window indices."""
+        windows = np.asarray(windows, dtype=np.int64)
+        shard = np.searchsorted(self.offsets, windows, side="right") - 1
+        return shard, phase + (windows - self.offsets[shard]) * self.seq_len
 
 
 def _worker() -> tuple[int, int]:
@@ -70,13 +76,13 @@ class TrainWindows(IterableDataset):
         # DataLoader workers take turns starting with worker 0, so worker k serves this rank's k-th, (k+K)-th, ...
         # micro-batch counted from the start: the order is the same for any number of workers
         local = self.start // self.world + worker
-        epoch, windows = -1, None
+        epoch, phase, order = -1, 0, None
         while True:
             j = local * self.world + self.rank  # global micro-batch index
             e, jj = divmod(j, self.per_epoch)
             if e != epoch:
-                epoch, windows = e, self.plan.windows(e)
-            shard, start = (a[jj * self.micro : (jj + 1) * self.micro] for a in windows)
+                epoch, (phase, order) = e, self.plan.epoch(e)
+            shard, start = self.plan.locate(phase, order[jj * self.micro : (jj + 1) * self.micro])
             batch = np.stack([self.shards.window(s, p, self.seq_len + 1) for s, p in zip(shard, start, strict=True)])
             yield torch.from_numpy(batch.astype(np.int64))
             local += n_workers
