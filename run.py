@@ -1,12 +1,17 @@
 """Train a language model: `python run.py [experiment=NAME] [model=NAME] [group.key=value ...]`.
 
-The one training path. It composes the config (conf/), validates all of it, then builds in one visible
-sequence data -> model -> callbacks -> loggers -> trainer, trains, and leaves the evidence in the run
-directory: the resolved config, TensorBoard logs, checkpoints and results.json.
+The one training path. It composes the config (conf/), checks all of it and the run's inputs (tokenizer,
+token files, corpus, checkpoint) before writing anything, then builds in one visible sequence
+data -> model -> callbacks -> loggers -> trainer, trains, and leaves the evidence in the run directory:
+the resolved config, TensorBoard logs, checkpoints and results.json.
+
+Running the same command again with the same `hydra.run.dir` resumes from its last checkpoint
+(`ckpt_path=last`, the default); a fresh timestamped directory starts afresh.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
@@ -15,20 +20,18 @@ import warnings
 from pathlib import Path
 
 import hydra
-import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from lm_lab.checkpoint import resume_checkpoint
 from lm_lab.config import RunConfig, register_schemas, world_size_of
-from lm_lab.data.datamodule import LMDataModule
-from lm_lab.data.tokenizers import load_tokenizer
+from lm_lab.data.prepare import preflight
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json, atomic_write_text
+from lm_lab.guards import NonFiniteError
 from lm_lab.models import flops_per_token, non_embedding_params, param_count
-from lm_lab.module import LMModule
 
 log = logging.getLogger("lm_lab")
 
@@ -44,22 +47,6 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
 
-def resolve_ckpt_path(ckpt_path: str | None, trainer: L.Trainer) -> str | None:
-    """`last`: this run directory's last checkpoint if there is one (a fresh start otherwise); else the path given."""
-    if ckpt_path != "last":
-        return ckpt_path
-    checkpoint = trainer.checkpoint_callback
-    last = (
-        Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}.ckpt"
-        if checkpoint and checkpoint.dirpath
-        else None
-    )
-    if last is None or not last.exists():
-        return None
-    log.info("resuming from %s", last)
-    return str(last)
-
-
 def train(cfg: DictConfig) -> dict:
     started = time.time()
     run_dir = Path(cfg.run_dir)
@@ -69,15 +56,32 @@ def train(cfg: DictConfig) -> dict:
         trainer_kwargs["precision"], trainer_kwargs.get("accelerator", "auto")
     )
     world_size = world_size_of(trainer_kwargs)
-    run = RunConfig.from_dict(plain, world_size=world_size)  # every check, before any work
+
+    # -- 1. check everything; nothing has been read, built or written yet --------------------------------------
+    run = RunConfig.from_dict(plain, world_size=world_size)
     tr = run.train
-    if cfg.ckpt_path not in (None, "last") and not Path(cfg.ckpt_path).exists():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path!r} does not exist; give a checkpoint file or `last`")
-    if run.tokenizer.name in ("tiktoken", "hf"):
-        load_tokenizer(run.tokenizer)  # hub tokenizers: fail now, with how to provide the files, if they cannot load
+    preflight(run.data, run.tokenizer)
+    ckpt_path, ckpt = resume_checkpoint(cfg.ckpt_path, run_dir / "checkpoints")
+    if ckpt is not None and ckpt["global_step"] >= tr.max_steps and (run_dir / "results.json").exists():
+        log.info(
+            "%s is already at step %d of %d: nothing to do (%s)",
+            ckpt_path,
+            ckpt["global_step"],
+            tr.max_steps,
+            run_dir / "results.json",
+        )
+        return json.loads((run_dir / "results.json").read_text())
+
+    # -- 2. from here on the run leaves evidence -----------------------------------------------------------------
+    import lightning as L
+    from hydra.utils import instantiate
+
+    from lm_lab.data.datamodule import LMDataModule
+    from lm_lab.module import LMModule
 
     resolved = OmegaConf.to_yaml(cfg, resolve=True)
     atomic_write_text(run_dir / "config.yaml", resolved)
+    atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(list(_overrides())))
     log.info("resolved config (saved to %s):\n%s", run_dir / "config.yaml", resolved)
     L.seed_everything(tr.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
@@ -92,7 +96,10 @@ def train(cfg: DictConfig) -> dict:
         val_tokens=tr.val_tokens,
         seed=tr.seed,
     )
-    module = LMModule(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
+    module = LMModule(
+        run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps,
+        on_nonfinite=tr.on_nonfinite, max_skipped_steps=tr.max_skipped_steps, compile=tr.compile,
+    )  # fmt: skip
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     loggers = [instantiate(lg) for lg in cfg.logger.values()]
     trainer = L.Trainer(
@@ -105,6 +112,7 @@ def train(cfg: DictConfig) -> dict:
         log_every_n_steps=tr.log_every,
         callbacks=callbacks,
         logger=loggers,
+        plugins=[instantiate(cfg.checkpoint_io)],  # atomic: a crash mid-write never damages a checkpoint
         default_root_dir=run_dir,
     )
     if trainer.world_size != world_size:
@@ -115,34 +123,45 @@ def train(cfg: DictConfig) -> dict:
     fpt = flops_per_token(run.model, tr.seq_len)
     log.info(
         "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %d steps x %d tokens = %.3g tokens, %.3g FLOPs | "
-        "batch %d = %d micro x %d accumulation x %d devices | precision %s",
+        "batch %d = %d micro x %d accumulation x %d devices | precision %s%s",
         run.model.name, f"{param_count(run.model):,}", f"{non_embedding_params(run.model):,}", fpt,
         tr.max_steps, run.tokens_per_step, tr.max_steps * run.tokens_per_step, tr.max_steps * run.tokens_per_step * fpt,
         tr.batch_size, tr.micro_batch_size, run.accumulate_grad_batches, world_size, trainer_kwargs["precision"],
+        f" | resuming from {ckpt_path} (step {ckpt['global_step']})" if ckpt_path else "",
     )  # fmt: skip
+    del ckpt  # memory-mapped; Lightning reads the file again
 
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, trainer)
     fit_started = time.time()
+    stop_reason, failure = None, None
     try:
-        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:  # Lightning exits after a graceful Ctrl-C: record what the run reached, then exit
         if not trainer.interrupted:
             raise
+    except NonFiniteError as e:
+        stop_reason, failure = "non_finite", str(e)
+        log.error("%s", e)  # into run.log
+        print(f"error: {e}", file=sys.stderr)
     train_seconds = time.time() - fit_started
     val_loss = float(trainer.callback_metrics.get("val/loss", math.nan))
     tokens = trainer.global_step * run.tokens_per_step
-    checkpoint = trainer.checkpoint_callback
-    best = checkpoint.best_model_score if checkpoint is not None else None
+    if stop_reason is None:
+        stop_reason = (
+            "interrupted" if trainer.interrupted else "max_steps" if trainer.global_step >= tr.max_steps else "stopped"
+        )
+    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback is not None else None
+
+    has_data = data.val is not None  # False only if the run was stopped while preparing its data
     results = {
         "val_loss": val_loss,
         "val_ppl": math.exp(val_loss) if math.isfinite(val_loss) else math.nan,
         "best_val_loss": float(best) if best is not None else val_loss,
-        "val_unigram_entropy": data.val_unigram_entropy(),
-        "val_tokens": data.val_token_count(),
+        "val_unigram_entropy": data.val_unigram_entropy() if has_data else math.nan,
+        "val_tokens": data.val_token_count() if has_data else None,
         "val_step": module.last_val_step,
         "steps": trainer.global_step,
         "tokens": tokens,
-        "epochs": data.epochs_at(trainer.global_step),
+        "epochs": data.epochs_at(trainer.global_step) if has_data else None,
         "flops": tokens * fpt,
         "flops_per_token": fpt,
         "params": param_count(run.model),
@@ -151,11 +170,9 @@ def train(cfg: DictConfig) -> dict:
         "tokens_per_sec": tokens / train_seconds if train_seconds > 0 else math.nan,
         "train_seconds": train_seconds,
         "wall_seconds": time.time() - started,
-        "stop_reason": "interrupted"
-        if trainer.interrupted
-        else "max_steps"
-        if trainer.global_step >= tr.max_steps
-        else "stopped",
+        "stop_reason": stop_reason,
+        "failure": failure,
+        "skipped_steps": module.skipped_steps,
         "model": run.model.name,
         "n_layer": run.model.n_layer,
         "n_head": run.model.n_head,
@@ -165,9 +182,9 @@ def train(cfg: DictConfig) -> dict:
         "batch_size": tr.batch_size,
         "lr": run.optimizer.lr,
         "seed": tr.seed,
-        "tokenizer": data.tokenizer.name,
+        "tokenizer": data.tokenizer.name if has_data else run.tokenizer.cache_key,
         "data": run.data.name,
-        "overrides": list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else [],
+        "overrides": list(_overrides()),
     }
     if trainer.is_global_zero:
         # strict JSON: a loss that does not exist (no validation yet) is null, not NaN
@@ -178,15 +195,21 @@ def train(cfg: DictConfig) -> dict:
             val_loss, results["val_ppl"], results["val_unigram_entropy"], trainer.global_step, f"{tokens:,}",
             results["wall_seconds"], run_dir / "results.json",
         )  # fmt: skip
+    if failure is not None:
+        sys.exit(3)
     if trainer.interrupted:
         sys.exit(130)
     return results
 
 
+def _overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # memmap windows need none
-    warnings.filterwarnings("ignore", message=".*isinstance\(treespec, LeafSpec\).*")  # Lightning vs newer torch
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning vs newer torch
     try:
         return train(cfg)["val_loss"]
     except ConfigError as e:

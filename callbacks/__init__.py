@@ -1,5 +1,6 @@
 """Lightning callbacks for cross-cutting concerns: each small, rank-zero logging, configured in conf/callbacks/."""
 
+from callbacks.loss_spikes import LossSpikes
 from callbacks.throughput import TokenThroughput
 
-__all__ = ["TokenThroughput"]
+__all__ = ["LossSpikes", "TokenThroughput"]

@@ -7,6 +7,10 @@ instead of after the data is tokenised or the model is built.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import shutil
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -39,6 +43,13 @@ class TrainConfig:
     """Validation tokens scored each time (the first ones of the split, always the same); None = whole split."""
     log_every: int = 10
     """Log training metrics every this many optimizer steps."""
+    on_nonfinite: str = "stop"
+    """A non-finite loss or gradient norm: `stop` the run (the last checkpoint stays as it was) or `skip` the
+    update and go on (stopping after `max_skipped_steps` in a row)."""
+    max_skipped_steps: int = 10
+    """With `on_nonfinite=skip`: stop after this many consecutive skipped updates."""
+    compile: bool = False
+    """`torch.compile` the model (in place: checkpoints keep their parameter names)."""
 
 
 @dataclass
@@ -92,6 +103,7 @@ class RunConfig:
             except ConfigError as e:
                 problems += e.problems
         problems += _check_trainer(cfg.get("trainer") or {})
+        problems += _check_gpu_only(model, train, cfg.get("trainer") or {})
         for group, names in IMPLEMENTED.items():
             name = (cfg.get(group) or {}).get("name")
             if name not in names:
@@ -107,7 +119,40 @@ def _check_trainer(trainer: dict) -> list[str]:
     accelerator = trainer.get("accelerator", "auto")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         return [f"trainer.accelerator={accelerator!r} but no CUDA GPU is visible; use trainer=auto or trainer=cpu"]
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    precision = str(trainer.get("precision", "32-true"))
+    if on_cpu and "16" in precision:  # bf16-mixed, 16-mixed, bf16-true, 16-true
+        return [
+            f"trainer.precision={precision!r} needs a CUDA GPU; on CPU use trainer.precision=32-true (or trainer=auto)"
+        ]
     return []
+
+
+def _check_gpu_only(run_model: ModelConfig | None, train: TrainConfig | None, trainer: dict) -> list[str]:
+    """Options that need a GPU (or a compiler) and would otherwise fail deep inside torch, later."""
+    problems = []
+    accelerator = trainer.get("accelerator", "auto")
+    on_cpu = accelerator == "cpu" or not torch.cuda.is_available()
+    if run_model is not None and run_model.attn_impl == "flash":
+        if importlib.util.find_spec("flash_attn") is None:
+            problems.append(
+                "model.attn_impl=flash but flash-attn is not installed; `pip install -e .[gpu]` or use model.attn_impl=auto"
+            )
+        elif on_cpu:
+            problems.append("model.attn_impl=flash needs a CUDA GPU; on CPU use model.attn_impl=auto (SDPA)")
+        if run_model.head_dim % 8 or run_model.head_dim > 256:
+            problems.append(
+                f"model.attn_impl=flash needs a head size (d_model / n_head = {run_model.head_dim}) that is a multiple "
+                f"of 8 and at most 256; change model.n_head or use model.attn_impl=sdpa"
+            )
+    if train is not None and train.compile:
+        if sys.platform == "win32":
+            problems.append("train.compile=true is not supported on Windows; set train.compile=false")
+        elif on_cpu and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+            problems.append(
+                "train.compile=true on CPU needs a C++ compiler (g++ or clang++) on PATH; install one or set train.compile=false"
+            )
+    return problems
 
 
 def _build(klass, group: str, values: dict, problems: list[str]):
@@ -131,7 +176,9 @@ def _positive_int(value) -> bool:
 
 def _check_train(train: TrainConfig, model: ModelConfig | None, world_size: int) -> list[str]:
     problems = []
-    for name in ("max_steps", "batch_size", "val_every", "log_every"):
+    if train.on_nonfinite not in ("stop", "skip"):
+        problems.append(f"train.on_nonfinite={train.on_nonfinite!r} must be `stop` or `skip`")
+    for name in ("max_steps", "batch_size", "val_every", "log_every", "max_skipped_steps"):
         if not _positive_int(getattr(train, name)):
             problems.append(f"train.{name}={getattr(train, name)!r} must be a positive integer")
     if train.val_tokens is not None and not _positive_int(train.val_tokens):

@@ -5,6 +5,7 @@ It is built from plain data (dicts of the config dataclasses), so a checkpoint a
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict
 
@@ -14,8 +15,12 @@ import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
+from lm_lab.checkpoint import rng_state, set_rng_state
+from lm_lab.guards import NonFiniteError
 from lm_lab.models import GPT, ModelConfig, flops_per_token
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_multiplier
+
+log = logging.getLogger(__name__)
 
 
 def _as(cls, value):
@@ -29,12 +34,17 @@ class LMModule(L.LightningModule):
         optimizer: OptimizerConfig | dict,
         scheduler: SchedulerConfig | dict,
         max_steps: int,
+        on_nonfinite: str = "stop",
+        max_skipped_steps: int = 10,
+        compile: bool = False,
     ):
         super().__init__()
         self.model_config = _as(ModelConfig, model)
         self.optimizer_config = _as(OptimizerConfig, optimizer)
         self.scheduler_config = _as(SchedulerConfig, scheduler)
         self.max_steps = max_steps
+        self.on_nonfinite = on_nonfinite
+        self.max_skipped_steps = max_skipped_steps
         # plain dicts only: checkpoints then load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
@@ -42,11 +52,19 @@ class LMModule(L.LightningModule):
                 "optimizer": asdict(self.optimizer_config),
                 "scheduler": asdict(self.scheduler_config),
                 "max_steps": max_steps,
+                "on_nonfinite": on_nonfinite,
+                "max_skipped_steps": max_skipped_steps,
+                "compile": compile,
             }
         )
         self.model = GPT(self.model_config)
+        if compile:
+            self.model.compile()  # in place: parameter names (and checkpoints) are unchanged
         self.val_loss = MeanMetric()
         self.last_val_step: int | None = None  # global step of the last (non-sanity) validation
+        self.skipped_steps = 0  # updates skipped for a non-finite gradient, in total and in a row
+        self._skipped_in_a_row = 0
+        self._rng_to_restore: dict | None = None
 
     def flops_per_token(self, seq_len: int) -> int:
         return flops_per_token(self.model_config, seq_len)
@@ -66,6 +84,17 @@ class LMModule(L.LightningModule):
         check = getattr(self.trainer.datamodule, "check_position", None)
         if check is not None:  # the data must resume exactly where the restored step left it
             check(self.global_step)
+        if self._rng_to_restore is not None:  # dropout continues with the random numbers it would have drawn
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng"] = rng_state()
+        checkpoint["skipped_steps"] = self.skipped_steps
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng")
+        self.skipped_steps = checkpoint.get("skipped_steps", 0)
 
     def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
         # Lightning validates on the interval or when told to stop, not at max_steps between intervals: ask it to
@@ -90,8 +119,33 @@ class LMModule(L.LightningModule):
         # (see configure_optimizers), so Lightning unscales before this hook.
         clip = self.optimizer_config.grad_clip or math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+        if not torch.isfinite(norm):  # one sync per optimizer step; a non-finite loss shows up here too
+            self._nonfinite(norm.item(), optimizer)
+            return
+        self._skipped_in_a_row = 0
         self.log("train/grad_norm", norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])  # the LR this step applies
+
+    def _nonfinite(self, norm: float, optimizer: torch.optim.Optimizer) -> None:
+        """Stop before the update touches the weights, or skip it (no gradients: AdamW leaves every parameter,
+        moment and weight decay as they were)."""
+        step = self.global_step + 1
+        where = f"non-finite gradient norm ({norm}) at step {step} (the loss or a gradient overflowed)"
+        if self.on_nonfinite == "stop":
+            raise NonFiniteError(
+                f"{where}; the run stopped before applying it and its last checkpoint is untouched: resume with "
+                f"ckpt_path=last after lowering optimizer.lr, or set train.on_nonfinite=skip"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self._skipped_in_a_row += 1
+        log.warning("%s: update skipped (%d in a row, %d in total)", where, self._skipped_in_a_row, self.skipped_steps)
+        self.log("train/skipped_steps", float(self.skipped_steps))
+        if self._skipped_in_a_row >= self.max_skipped_steps:
+            raise NonFiniteError(
+                f"{where}: {self._skipped_in_a_row} updates in a row skipped (train.max_skipped_steps="
+                f"{self.max_skipped_steps}), the run stopped; its last checkpoint is untouched"
+            )
 
     def configure_optimizers(self):
         # Fused AdamW unscales fp16 gradients inside step(), after this module clips them; so no fusing with a

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
+import signal
 from pathlib import Path
 
 import lightning as L
+import torch
+
+from lm_lab.checkpoint_io import AtomicCheckpointIO
+from lm_lab.fileio import atomic_open
 
 
 def row_hashes(batch) -> list[str]:
@@ -29,3 +36,46 @@ class BatchRecorder(L.Callback):
 def read_records(path: Path, rank: int = 0) -> list[dict]:
     file = Path(f"{path}.rank{rank}.jsonl")
     return [json.loads(line) for line in file.read_text().splitlines()] if file.exists() else []
+
+
+class LossRecorder(L.Callback):
+    """Appends `{"step", "loss"}` per micro-batch to a JSONL file, flushed at once (a SIGKILL loses nothing)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
+    ) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": trainer.global_step, "loss": outputs["loss"].item()}) + "\n")
+
+
+class InjectNaN(L.Callback):
+    """Makes one gradient NaN just before the optimizer step that would make global step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if trainer.global_step + 1 == self.step:
+            next(pl_module.parameters()).grad.view(-1)[0] = float("nan")
+
+
+class CrashingCheckpointIO(AtomicCheckpointIO):
+    """Dies by SIGKILL in the middle of its `crash_on_save`-th checkpoint write: half the bytes are on disk."""
+
+    def __init__(self, crash_on_save: int):
+        super().__init__()
+        self.crash_on_save, self.saves = crash_on_save, 0
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        self.saves += 1
+        if self.saves < self.crash_on_save:
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        with atomic_open(path, "wb") as f:
+            f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)

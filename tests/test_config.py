@@ -31,7 +31,7 @@ def test_design_groups_exist():
 def test_every_yaml_composes_and_validates(override):
     plain = _plain([override, *(["data.path=."] if override == "data=local" else [])])
     if plain["trainer"]["accelerator"] == "gpu" and not torch.cuda.is_available():
-        plain["trainer"]["accelerator"] = "cpu"  # the GPU-on-CPU refusal has its own test below
+        plain["trainer"].update(accelerator="cpu", precision="32-true")  # the GPU-on-CPU refusal has its own test
     run = RunConfig.from_dict(plain)
     assert run.train.seq_len <= run.model.block_size
     assert run.model.vocab_size == run.tokenizer.vocab_size

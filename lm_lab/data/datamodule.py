@@ -125,7 +125,13 @@ class LMDataModule(L.LightningDataModule):
             batch_size=self.micro_batch_size,
             num_workers=self.cfg.num_workers,
             pin_memory=torch.cuda.is_available(),
+            generator=self._generator(),
         )
+
+    def _generator(self) -> torch.Generator:
+        """A loader's own generator: creating its iterator then draws no number from the global RNG, which
+        dropout uses, so validating (or not) between checkpoints cannot change the training that follows."""
+        return torch.Generator().manual_seed(self.seed)
 
     # -- position and resume -------------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lm_lab.data.config import DataConfig
-from lm_lab.data.shards import FORMAT_VERSION, held_out, read_meta, token_dtype
+from lm_lab.data.shards import FORMAT_VERSION, TokenShards, held_out, read_meta, token_dtype
 from lm_lab.data.sources import fingerprint, iter_texts
 from lm_lab.data.tokenizers import BPETokenizer, Tokenizer, TokenizerConfig, load_tokenizer, tokenizer_from_spec
 from lm_lab.errors import ConfigError
@@ -254,6 +254,28 @@ def prepare(cfg: DataConfig, tok_cfg: TokenizerConfig, *, val_only: bool = False
         cfg.name, seconds, train, f"{splits['val']['tokens']:,}", dropped["documents"], out,
     )  # fmt: skip
     return out
+
+
+def preflight(cfg: DataConfig, tok_cfg: TokenizerConfig) -> None:
+    """Check a run's inputs before it starts, reading as little as possible: a hub tokenizer loads; token files
+    already prepared are complete and made with this tokenizer; a corpus still to prepare opens, and its first
+    documents have the text field."""
+    streaming = cfg.mode == "streaming"
+    folder = token_dir(cfg, tok_cfg, val_only=streaming)
+    trained = corpus_root(cfg) / f"{tok_cfg.cache_key}.tokenizer.json"
+    tokenizer = None
+    if tok_cfg.name != "bpe" or trained.exists():
+        tokenizer = load_tokenizer(tok_cfg, trained_path=trained)
+    if (folder / "meta.json").exists():
+        if tokenizer is None:
+            raise ConfigError(
+                f"token files in {folder} exist but the BPE they were made with ({trained}) is gone; delete {folder}"
+            )
+        meta = check_meta(folder, tokenizer)
+        for split in meta["splits"]:
+            TokenShards(folder, split, meta)  # every shard present and complete
+    if streaming or not (folder / "meta.json").exists():
+        next(iter_texts(cfg, batch_size=8), None)
 
 
 def check_meta(token_dir: Path, tokenizer: Tokenizer) -> dict:

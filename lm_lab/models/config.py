@@ -42,6 +42,9 @@ class ModelConfig:
     """Dropout on the attention probabilities (off in eval mode)."""
     resid_dropout: float | None = None
     """Dropout on each block's attention and MLP output before the residual add."""
+    attn_impl: str = "auto"
+    """Attention kernel: `auto` (flash-attn on CUDA in half precision when installed, else PyTorch SDPA),
+    `sdpa` (always PyTorch's scaled_dot_product_attention) or `flash` (always flash-attn: CUDA only)."""
     init_std: float = 0.02
     """Std of the normal init of weight matrices (GPT-2)."""
     layer_norm_eps: float = 1e-5
@@ -72,6 +75,8 @@ class ModelConfig:
             p = getattr(self, site)
             if not isinstance(p, int | float) or not 0.0 <= p < 1.0:
                 problems.append(f"model.{site}={p!r} must be a probability in [0, 1)")
+        if self.attn_impl not in ("auto", "sdpa", "flash"):
+            problems.append(f"model.attn_impl={self.attn_impl!r} is unknown; choose auto, sdpa or flash")
         raise_if(problems)
 
     @property

@@ -33,13 +33,23 @@ def _use_flash_attn(q: torch.Tensor) -> bool:
     )
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Causal softmax attention over (B, H, T, D) tensors; flash-attn on CUDA half precision if installed."""
-    if _use_flash_attn(q):
-        # flash-attn wants (B, T, H, D)
-        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, causal=True)
-        return out.transpose(1, 2)
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """Causal softmax attention over (B, H, T, D) tensors with PyTorch's fused kernels."""
     return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """The same with flash-attn 2, which wants (B, T, H, D)."""
+    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, causal=True)
+    return out.transpose(1, 2)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """`auto`: flash-attn where it runs (CUDA, half precision, Ampere or newer, installed), else SDPA."""
+    return (flash_attention if _use_flash_attn(q) else sdpa_attention)(q, k, v, dropout_p)
+
+
+ATTENTION = {"auto": causal_attention, "sdpa": sdpa_attention, "flash": flash_attention}
 
 
 class CausalSelfAttention(nn.Module):
@@ -47,6 +57,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = cfg.n_head
         self.attn_dropout = cfg.attn_dropout
+        self.attend = ATTENTION[cfg.attn_impl]
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.resid_dropout)
@@ -57,7 +68,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         # Dropout on attention probabilities only while training: llm-baselines passes dropout_p to SDPA
         # unconditionally, which leaves it on at evaluation and biases every validation loss.
-        y = causal_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        y = self.attend(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.proj(y))
 

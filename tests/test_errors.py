@@ -1,0 +1,141 @@
+"""Bad configs and bad inputs: each fails before any work with one line naming the field (or file) and the
+fix, exits non-zero, and leaves an existing run directory exactly as it was."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lm_lab.data.config import DataConfig
+from lm_lab.data.prepare import prepare, token_dir
+from lm_lab.data.tokenizers import BPETokenizer, TokenizerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+BYTES = TokenizerConfig(name="bytes", vocab_size=257)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A small corpus, its token files prepared, a damaged copy of them, a local tokenizer, a corrupt checkpoint."""
+    root = tmp_path_factory.mktemp("inputs")
+    corpus = root / "corpus"
+    corpus.mkdir()
+    with open(corpus / "docs.jsonl", "w") as f:
+        for i in range(200):
+            f.write(json.dumps({"text": f"document {i}: " + "some words of text " * 20}) + "\n")
+    cfg = {"name": "local", "source": "local", "path": str(corpus), "val_fraction": 0.01}
+    truncated = root / "truncated"
+    folder = prepare(DataConfig(**cfg, cache_dir=str(truncated), num_proc=1), BYTES, progress=False)
+    shard = folder / "train-00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    # token files made with the bytes tokenizer, found where a run with another tokenizer looks for its own
+    tok_file = root / "tokenizer.json"
+    BPETokenizer.train(["some words of text"] * 50, 300).save(tok_file)
+    vocab = BPETokenizer.load(tok_file).vocab_size
+    vocab = BPETokenizer.load(tok_file).vocab_size
+    hf = TokenizerConfig(name="hf", path=str(tok_file), vocab_size=vocab)
+    wrong = root / "wrong"
+    made = prepare(DataConfig(**cfg, cache_dir=str(wrong), num_proc=1), BYTES, progress=False)
+    target = token_dir(DataConfig(**cfg, cache_dir=str(wrong)), hf)
+    shutil.copytree(made, target)
+    corrupt = root / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04" + os.urandom(500))
+    return {
+        "corpus": corpus,
+        "truncated": truncated,
+        "wrong": wrong,
+        "tokenizer": tok_file,
+        "corrupt": corrupt,
+        "hf_vocab": vocab,
+    }
+
+
+def cases(i):
+    local = ["data=local", f"data.path={i['corpus']}", "data.val_fraction=0.01", "tokenizer=bytes"]
+    return [
+        (["model.n_head=3"], "error: model.n_head=3 does not divide model.d_model=64"),
+        (["model.n_layer=0"], "error: model.n_layer=0 must be a positive integer"),
+        (["model.dropout=1.5"], "error: model.dropout=1.5 must be a probability"),
+        (["model=gpt2_huge"], "Could not find 'model/gpt2_huge'"),
+        (["data=owt"], "Could not find 'data/owt'"),
+        (["model.n_layer=abc"], "Value 'abc' of type 'str' could not be converted to Integer"),
+        (["train.seq_len=4096"], "error: train.seq_len=4096 exceeds model.block_size=128"),
+        (["train.micro_batch_size=3"], "error: train.batch_size=8 is not a multiple of train.micro_batch_size=3"),
+        (["train.max_steps=0"], "error: train.max_steps=0 must be a positive integer"),
+        (["train.max_steps=3"], "error: scheduler.warmup_steps=5 exceeds train.max_steps=3"),
+        (["train.on_nonfinite=ignore"], "error: train.on_nonfinite='ignore' must be `stop` or `skip`"),
+        (["optimizer.lr=-1"], "error: optimizer.lr=-1"),
+        (["model.vocab_size=100"], "error: model.vocab_size=100 is smaller than tokenizer.vocab_size=4096"),
+        (
+            ["tokenizer=bytes", "tokenizer.vocab_size=300"],
+            "error: tokenizer.vocab_size=300 but the bytes tokenizer has 257 ids",
+        ),
+        (["trainer=gpu"], "error: trainer.accelerator='gpu' but no CUDA GPU is visible"),
+        (["trainer.precision=bf16-mixed"], "error: trainer.precision='bf16-mixed' needs a CUDA GPU"),
+        (["model.attn_impl=flash"], "error: model.attn_impl=flash but flash-attn is not installed"),
+        (["budget.name=a100_3h"], "error: budget.name='a100_3h' is not available yet"),
+        (["data=local"], "error: data.path is required"),
+        (["data=local", "data.path=/nonexistent/corpus"], "error: data.path='/nonexistent/corpus' does not exist"),
+        (["data.val_fraction=1.5"], "error: data.val_fraction=1.5 must be in (0, 1)"),
+        (
+            ["data=local", "data.path=.", "data.mode=streaming"],
+            "error: data.mode=streaming needs data.val_split_tokens",
+        ),
+        ([*local, "data.text_field=content"], "error: data.text_field='content' is not a column"),
+        (["ckpt_path=/nonexistent/last.ckpt"], "error: ckpt_path='/nonexistent/last.ckpt' does not exist"),
+        ([f"ckpt_path={i['corrupt']}"], f"error: checkpoint {i['corrupt']} cannot be read"),
+        ([*local, f"data.cache_dir={i['truncated']}"], "train-00000.bin has"),
+        (
+            [
+                *local[:3],
+                "tokenizer=hf",
+                f"tokenizer.path={i['tokenizer']}",
+                f"tokenizer.vocab_size={i['hf_vocab']}",
+                f"data.cache_dir={i['wrong']}",
+            ],
+            "were made with tokenizer bytes (257 ids) but this run uses hf",
+        ),  # fmt: skip
+        (
+            ["tokenizer=hf", "tokenizer.path=./no/such/tokenizer", "tokenizer.vocab_size=300"],
+            "error: tokenizer.path='./no/such/tokenizer': no such file",
+        ),
+    ]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_bad_configs_and_inputs_fail_cleanly_and_touch_nothing(inputs, tmp_path):
+    run_dir = tmp_path / "previous_run"  # the outputs of an earlier run in the same directory
+    (run_dir / "checkpoints").mkdir(parents=True)
+    for name, text in [
+        ("results.json", '{"val_loss": 3.0}'),
+        ("config.yaml", "name: earlier\n"),
+        ("run.log", "log\n"),
+        ("checkpoints/last.ckpt", "x"),
+    ]:
+        (run_dir / name).write_text(text)
+    before = snapshot(run_dir)
+    env = {**os.environ, "LM_LAB_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+    all_cases = cases(inputs)
+    assert len(all_cases) >= 20
+    for overrides, message in all_cases:
+        args = [sys.executable, "run.py", "experiment=smoke", "ckpt_path=null", *overrides, f"hydra.run.dir={run_dir}"]
+        if any(o.startswith("ckpt_path=") for o in overrides):
+            args.remove("ckpt_path=null")
+        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0, overrides
+        assert message in proc.stderr, (overrides, proc.stderr[-1500:])
+        assert "Traceback" not in proc.stderr, (overrides, proc.stderr[-1500:])
+        assert snapshot(run_dir) == before, overrides
+    assert not (tmp_path / "cache").exists()  # no corpus was read or prepared

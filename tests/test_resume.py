@@ -1,0 +1,204 @@
+"""Nothing lost: a run killed at any moment and started again with the same command ends exactly where an
+uninterrupted run ends (bit-exact on CPU); checkpoints are atomic and checked; non-finite values stop or skip."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lm_lab.checkpoint import read_checkpoint, resume_checkpoint, rng_state, set_rng_state
+from lm_lab.checkpoint_io import AtomicCheckpointIO
+from lm_lab.errors import ConfigError
+from lm_lab.guards import SpikeDetector
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def command(run_dir: Path, losses: Path, *extra: str) -> list[str]:
+    """A small run with dropout (so the random state matters), checkpoints every 5 steps, validation every 10."""
+    return [
+        sys.executable, "run.py", "experiment=smoke", "trainer=cpu", "train.max_steps=30", "train.val_every=10",
+        "model.dropout=0.1", "callbacks.step_checkpoint.every_n_train_steps=5", "~callbacks.progress_bar",
+        "+trainer.enable_progress_bar=false",
+        "+callbacks.losses._target_=tests.helpers.LossRecorder", f"+callbacks.losses.path={losses}",
+        f"hydra.run.dir={run_dir}", *extra,
+    ]  # fmt: skip
+
+
+def env(cache: Path) -> dict:
+    return {**os.environ, "LM_LAB_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
+
+
+def run(cmd: list[str], cache: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=300)
+
+
+def final_losses(path: Path) -> dict[int, float]:
+    """Loss per micro-batch index (steps re-done after a resume overwrite the first attempt)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        out[rec["step"]] = rec["loss"]
+    return out
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, cache_dir):
+    """One uninterrupted run to compare the killed ones with."""
+    root = tmp_path_factory.mktemp("reference")
+    proc = run(command(root / "run", root / "losses.jsonl"), cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "run", final_losses(root / "losses.jsonl")
+
+
+def assert_same_run(run_dir: Path, losses: dict, reference) -> None:
+    ref_dir, ref_losses = reference
+    assert losses == ref_losses  # the same loss at every step, to the last bit
+    mine, theirs = weights(run_dir), weights(ref_dir)
+    assert mine.keys() == theirs.keys()
+    for name in mine:
+        assert torch.equal(mine[name], theirs[name]), name
+    a, b = (json.loads((d / "results.json").read_text()) for d in (run_dir, ref_dir))
+    assert a["val_loss"] == b["val_loss"] and a["steps"] == b["steps"] == 30
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_the_same_command_ends_bit_exact(tmp_path, cache_dir, reference):
+    cmd = command(tmp_path / "run", tmp_path / "losses.jsonl")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:  # kill between the checkpoints at steps 15 and 20
+        lines = (tmp_path / "losses.jsonl").read_text().splitlines() if (tmp_path / "losses.jsonl").exists() else []
+        if lines and json.loads(lines[-1])["step"] >= 17:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = [json.loads(x)["step"] for x in (tmp_path / "losses.jsonl").read_text().splitlines()]
+    assert 17 <= max(first) < 30, "the kill must land mid-run"
+    again = run(cmd, cache_dir)  # the same command again
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout + again.stderr
+    assert_same_run(tmp_path / "run", final_losses(tmp_path / "losses.jsonl"), reference)
+
+
+@pytest.mark.slow
+def test_killed_while_writing_a_checkpoint(tmp_path, cache_dir, reference):
+    cmd = command(tmp_path / "run", tmp_path / "losses.jsonl")
+    crash = ["checkpoint_io._target_=tests.helpers.CrashingCheckpointIO", "+checkpoint_io.crash_on_save=3"]
+    proc = run(cmd + crash, cache_dir)
+    assert proc.returncode == -signal.SIGKILL
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert list(ckpts.glob(".*.tmp"))  # the half-written file, never under a checkpoint's name
+    assert read_checkpoint(ckpts / "last.ckpt")["global_step"] == 10  # the previous save is intact
+    again = run(cmd, cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not list(ckpts.glob(".*.tmp"))
+    assert_same_run(tmp_path / "run", final_losses(tmp_path / "losses.jsonl"), reference)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nonfinite_gradient_guard(tmp_path, cache_dir, policy):
+    cmd = command(tmp_path / "run", tmp_path / "losses.jsonl", f"train.on_nonfinite={policy}",
+                  "+callbacks.nan._target_=tests.helpers.InjectNaN", "+callbacks.nan.step=13")  # fmt: skip
+    proc = run(cmd, cache_dir)
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+    if policy == "stop":
+        assert proc.returncode == 3
+        assert "non-finite gradient norm (nan) at step 13" in proc.stderr
+        assert results["stop_reason"] == "non_finite" and "step 13" in results["failure"] and results["steps"] == 12
+        assert last["global_step"] == 10  # the last good checkpoint, untouched
+    else:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert results["stop_reason"] == "max_steps" and results["skipped_steps"] == 1 and results["steps"] == 30
+        assert last["global_step"] == 30 and np.isfinite(results["val_loss"])
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
+    io_ = AtomicCheckpointIO()
+    path = tmp_path / "c.ckpt"
+    io_.save_checkpoint({"a": torch.ones(3)}, path)
+
+    class Boom(Exception):
+        pass
+
+    class Exploding(dict):
+        def __reduce_ex__(self, protocol):
+            raise Boom
+
+    with pytest.raises(Boom):
+        io_.save_checkpoint({"a": Exploding()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(3))
+    assert list(tmp_path.iterdir()) == [path]  # the temporary file is gone
+
+
+def fake_checkpoint(path: Path, step: int) -> None:
+    torch.save(
+        {"state_dict": {"w": torch.full((2,), float(step))}, "global_step": step, "loops": {}, "optimizer_states": []},
+        path,
+    )
+
+
+def test_resume_skips_a_corrupt_last_checkpoint_and_names_it(tmp_path, caplog):
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    fake_checkpoint(ckpts / "best-step20.ckpt", 20)
+    (ckpts / "last.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    path, ckpt = resume_checkpoint("last", ckpts)
+    assert path == ckpts / "best-step20.ckpt" and ckpt["global_step"] == 20
+    assert "last.ckpt cannot be read" in caplog.text
+    with pytest.raises(
+        ConfigError,
+        match=r"last\.ckpt cannot be read .* newest good checkpoint here is .*best-step20\.ckpt \(step 20\)",
+    ):
+        resume_checkpoint(str(ckpts / "last.ckpt"), ckpts)
+    assert resume_checkpoint("last", tmp_path / "nothing") == (None, None)  # a fresh run
+    torch.save({"state_dict": {}}, ckpts / "other.ckpt")
+    with pytest.raises(ConfigError, match="not a training checkpoint"):
+        read_checkpoint(ckpts / "other.ckpt")
+
+
+def test_checkpoints_with_code_are_refused(tmp_path):
+    torch.save(
+        {"state_dict": {}, "global_step": 1, "loops": {}, "optimizer_states": [], "evil": Path("x")},
+        tmp_path / "c.ckpt",
+    )
+    with pytest.raises(ConfigError, match="cannot be read"):
+        read_checkpoint(tmp_path / "c.ckpt")
+
+
+def test_rng_state_round_trip_is_safe_to_load(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    state = rng_state()
+    torch.save(state, tmp_path / "rng.pt")
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
+
+
+def test_spike_detector():
+    det = SpikeDetector(window=20, k=6.0, min_rise=0.1, warmup=10)
+    rng = np.random.default_rng(0)
+    flags = [det.update(3.0 + 0.01 * rng.standard_normal()) for _ in range(100)]
+    assert not any(flags)
+    assert det.update(5.0)  # a jump of 2 nats
+    assert not det.update(3.0)
+    assert not det.update(float("nan"))  # the non-finite guard's job, not a spike
