@@ -17,6 +17,7 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -25,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lm_lab.checkpoint import resume_checkpoint
+from lm_lab.checkpoint import check_compatible, resume_checkpoint
 from lm_lab.config import RunConfig, register_schemas, world_size_of
 from lm_lab.data.prepare import preflight
 from lm_lab.errors import ConfigError
@@ -62,15 +63,24 @@ def train(cfg: DictConfig) -> dict:
     tr = run.train
     preflight(run.data, run.tokenizer)
     ckpt_path, ckpt = resume_checkpoint(cfg.ckpt_path, run_dir / "checkpoints")
-    if ckpt is not None and ckpt["global_step"] >= tr.max_steps and (run_dir / "results.json").exists():
-        log.info(
-            "%s is already at step %d of %d: nothing to do (%s)",
-            ckpt_path,
-            ckpt["global_step"],
-            tr.max_steps,
-            run_dir / "results.json",
-        )
-        return json.loads((run_dir / "results.json").read_text())
+    if ckpt is not None:
+        identity = {
+            "data": run.data.name,
+            "mode": run.data.mode,
+            "seq_len": tr.seq_len,
+            "batch_size": tr.batch_size,
+            "seed": tr.seed,
+        }
+        check_compatible(ckpt_path, ckpt, asdict(run.model), identity)
+        done = _finished_results(run_dir, tr.max_steps)
+        if done is not None:
+            log.info(
+                "this run already finished (step %d of %d): nothing to do (%s)",
+                done["steps"],
+                tr.max_steps,
+                run_dir / "results.json",
+            )
+            return done
 
     # -- 2. from here on the run leaves evidence -----------------------------------------------------------------
     import lightning as L
@@ -101,7 +111,9 @@ def train(cfg: DictConfig) -> dict:
         on_nonfinite=tr.on_nonfinite, max_skipped_steps=tr.max_skipped_steps, compile=tr.compile,
     )  # fmt: skip
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    # a resumed run re-does the steps after its checkpoint: TensorBoard drops what the killed run logged for them
+    resume_step = {"purge_step": ckpt["global_step"]} if ckpt is not None else {}
+    loggers = [instantiate(lg, **(resume_step if "TensorBoard" in lg._target_ else {})) for lg in cfg.logger.values()]
     trainer = L.Trainer(
         **trainer_kwargs,
         max_steps=tr.max_steps,
@@ -143,6 +155,9 @@ def train(cfg: DictConfig) -> dict:
         log.error("%s", e)  # into run.log
         print(f"error: {e}", file=sys.stderr)
     train_seconds = time.time() - fit_started
+    if failure is None and not trainer.interrupted and module.last_val_step != trainer.global_step:
+        # resumed from a checkpoint at max_steps whose final validation never finished: score the weights now
+        trainer.validate(module, datamodule=data, verbose=False)
     val_loss = float(trainer.callback_metrics.get("val/loss", math.nan))
     tokens = trainer.global_step * run.tokens_per_step
     if stop_reason is None:
@@ -200,6 +215,16 @@ def train(cfg: DictConfig) -> dict:
     if trainer.interrupted:
         sys.exit(130)
     return results
+
+
+def _finished_results(run_dir: Path, max_steps: int) -> dict | None:
+    """The results of a run that already reached `max_steps` and was scored there, else None."""
+    path = run_dir / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    complete = results.get("stop_reason") == "max_steps" and results.get("steps", 0) >= max_steps
+    return results if complete and results.get("val_step") == results.get("steps") else None
 
 
 def _overrides() -> list[str]:

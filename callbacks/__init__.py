@@ -1,6 +1,7 @@
 """Lightning callbacks for cross-cutting concerns: each small, rank-zero logging, configured in conf/callbacks/."""
 
+from callbacks.checkpoint import LastCheckpoint
 from callbacks.loss_spikes import LossSpikes
 from callbacks.throughput import TokenThroughput
 
-__all__ = ["LossSpikes", "TokenThroughput"]
+__all__ = ["LastCheckpoint", "LossSpikes", "TokenThroughput"]

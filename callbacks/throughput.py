@@ -22,6 +22,7 @@ class TokenThroughput(L.Callback):
         self.window_size = window_size
         self.tokens_per_step = 0
         self.flops_per_token = 0
+        self._elapsed, self._t0, self._last_step = 0.0, time.perf_counter(), 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         peak = get_available_flops(trainer.strategy.root_device, _plugin_to_compute_dtype(trainer.precision_plugin))
@@ -67,9 +68,9 @@ class TokenThroughput(L.Callback):
             pl_module.log("throughput/mfu", metrics["device/mfu"])
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._elapsed += time.perf_counter() - self._t0  # stop the clock during validation
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._t0 = time.perf_counter()

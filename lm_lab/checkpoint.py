@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +45,14 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> tuple[Path
         return None, None
     for stale in checkpoint_dir.glob(".*.tmp") if checkpoint_dir.is_dir() else []:
         stale.unlink()  # a write cut short by a crash: never a checkpoint
-    candidates = (
-        sorted(checkpoint_dir.glob("*.ckpt"), key=lambda p: (p.name != "last.ckpt", -p.stat().st_mtime))
-        if checkpoint_dir.is_dir()
-        else []
-    )
+    found, damaged = [], []
+    for path in sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []:
+        try:
+            found.append((path, read_checkpoint(path)))
+        except ConfigError as e:
+            damaged.append((path, e.problems[0]))
+    # newest first by training step (last.ckpt first among equals): a crash between two writes loses nothing
+    found.sort(key=lambda pc: (-pc[1]["global_step"], pc[0].name != "last.ckpt"))
     if ckpt_path != "last":
         path = Path(ckpt_path).expanduser()
         if not path.exists():
@@ -56,47 +60,55 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> tuple[Path
         try:
             return path, read_checkpoint(path)
         except ConfigError as e:
-            good = _first_good([c for c in candidates if c.resolve() != path.resolve()])
-            hint = f"; the newest good checkpoint here is {good[0]} (step {good[1]['global_step']})" if good else ""
-            raise ConfigError(e.problems[0] + hint) from None
-    damaged = []
-    for path in candidates:
-        try:
-            ckpt = read_checkpoint(path)
-        except ConfigError as e:
-            damaged.append(e.problems[0])
-            continue
-        if damaged:
-            log.warning(
-                "%s; resuming from the newest good checkpoint instead: %s (step %d)",
-                "; ".join(damaged),
-                path,
-                ckpt["global_step"],
+            good = [(p, c) for p, c in found if p.resolve() != path.resolve()]
+            hint = (
+                f"; the newest good checkpoint here is {good[0][0]} (step {good[0][1]['global_step']})" if good else ""
             )
+            raise ConfigError(e.problems[0] + hint) from None
+    if found:
+        path, ckpt = found[0]
+        if damaged:
+            log.warning("%s; resuming from the newest good checkpoint instead: %s (step %d)",
+                        "; ".join(m for _, m in damaged), path, ckpt["global_step"])  # fmt: skip
         return path, ckpt
     if damaged:
         raise ConfigError(
-            "; ".join(damaged) + "; no good checkpoint is left to resume from: start afresh with ckpt_path=null"
+            "; ".join(m for _, m in damaged)
+            + "; no good checkpoint is left to resume from: start afresh with ckpt_path=null"
         )
     return None, None
 
 
-def _first_good(paths: list[Path]) -> tuple[Path, dict] | None:
-    for path in paths:
-        try:
-            return path, read_checkpoint(path)
-        except ConfigError:
-            continue
-    return None
+def check_compatible(path: Path, ckpt: dict, model: dict, data: dict) -> None:
+    """Refuse, before anything is written, a checkpoint whose model or batch geometry differs from this run's:
+    its weights would not load, or the data it restores would be other tokens than it read."""
+    problems = []
+    saved_model = ckpt.get("hyper_parameters", {}).get("model", {})
+    for key in ("n_layer", "n_head", "d_model", "d_ff", "block_size", "vocab_size", "pad_vocab_multiple", "bias"):
+        if key in saved_model and saved_model[key] != model.get(key):
+            problems.append(f"model.{key}: checkpoint {saved_model[key]!r}, this run {model.get(key)!r}")
+    saved_data = ckpt.get("LMDataModule", {})
+    for key in ("data", "mode", "seq_len", "batch_size", "seed"):
+        if key in saved_data and saved_data[key] != data.get(key):
+            problems.append(f"{key}: checkpoint {saved_data[key]!r}, this run {data.get(key)!r}")
+    if problems:
+        raise ConfigError(
+            f"checkpoint {path} does not fit this run ({'; '.join(problems)}); resume with the settings it was "
+            f"trained with, or start afresh in another hydra.run.dir (or with ckpt_path=null)"
+        )
 
 
-def rng_state() -> dict:
-    """The global random state of torch (CPU and CUDA), numpy and Python, as plain data (safe to load)."""
+def rng_state(gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:
+    """The random state of torch (CPU and the current CUDA device), numpy and Python, as plain data (safe to load).
+
+    `gather` (an all-gather across ranks) adds every rank's torch states, so each rank of a resumed multi-GPU
+    run continues its own sequence of dropout masks.
+    """
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     version, internal, py_gauss = random.getstate()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "numpy": {
             "kind": kind,
             "keys": torch.from_numpy(keys.astype(np.int64)),
@@ -106,12 +118,21 @@ def rng_state() -> dict:
         },
         "python": {"version": version, "internal": list(internal), "gauss": py_gauss},
     }
+    if gather is not None:
+        state["torch_per_rank"] = gather(state["torch"])
+        if state["cuda"] is not None:
+            state["cuda_per_rank"] = gather(state["cuda"])
+    return state
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(state: dict, rank: int = 0, world_size: int = 1) -> None:
+    def mine(key: str) -> torch.Tensor | None:
+        per_rank = state.get(f"{key}_per_rank")
+        return per_rank[rank] if per_rank is not None and len(per_rank) == world_size else state[key]
+
+    torch.set_rng_state(mine("torch").cpu())
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(mine("cuda").cpu())  # the current device's generator
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = state["python"]

@@ -1,6 +1,8 @@
 """`LMModule`: the thin Lightning shell that trains any model of the family with next-token cross-entropy.
 
-It is built from plain data (dicts of the config dataclasses), so a checkpoint alone rebuilds the run.
+It is built from plain data (dicts of the config dataclasses), so a checkpoint alone rebuilds the run. What it
+adds to the model: the loss and metrics, the optimizer and LR schedule, clipping, the non-finite guard, and
+the state a resumed run needs to continue exactly (random state, skipped-step counts).
 """
 
 from __future__ import annotations
@@ -64,10 +66,13 @@ class LMModule(L.LightningModule):
         self.last_val_step: int | None = None  # global step of the last (non-sanity) validation
         self.skipped_steps = 0  # updates skipped for a non-finite gradient, in total and in a row
         self._skipped_in_a_row = 0
+        self._last_loss: torch.Tensor | None = None
         self._rng_to_restore: dict | None = None
 
     def flops_per_token(self, seq_len: int) -> int:
         return flops_per_token(self.model_config, seq_len)
+
+    # -- loss and metrics ----------------------------------------------------------------------------------
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy (nats) of a (B, T + 1) batch of token windows."""
@@ -77,28 +82,13 @@ class LMModule(L.LightningModule):
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
+        self._last_loss = loss.detach()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_start(self) -> None:
-        check = getattr(self.trainer.datamodule, "check_position", None)
-        if check is not None:  # the data must resume exactly where the restored step left it
-            check(self.global_step)
-        if self._rng_to_restore is not None:  # dropout continues with the random numbers it would have drawn
-            set_rng_state(self._rng_to_restore)
-            self._rng_to_restore = None
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng"] = rng_state()
-        checkpoint["skipped_steps"] = self.skipped_steps
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get("rng")
-        self.skipped_steps = checkpoint.get("skipped_steps", 0)
-
     def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
         # Lightning validates on the interval or when told to stop, not at max_steps between intervals: ask it to
-        # stop at the last step, so the final weights are scored inside fit, logged and checkpointed (last/best).
+        # stop at the last step, so the final weights are scored inside fit, logged and checkpointed.
         if self.global_step >= self.max_steps:
             self.trainer.should_stop = True
 
@@ -113,28 +103,44 @@ class LMModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step
 
+    # -- optimisation --------------------------------------------------------------------------------------
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.optimizer_config, fused=self._fused())
+        scheduler = LambdaLR(optimizer, lr_multiplier(self.scheduler_config, self.max_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _fused(self) -> bool:
+        # Fused AdamW unscales fp16 gradients inside step(), after this module clips them; so no fusing with a
+        # GradScaler (16-mixed), where clipping must see unscaled gradients.
+        return self.device.type == "cuda" and self.trainer.precision != "16-mixed"
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         # Clip here rather than with Trainer(gradient_clip_val): Lightning's AMP plugin refuses that with fused
-        # AdamW. Gradients are unscaled here: bf16 has no loss scaling, and with fp16 the optimizer is not fused
-        # (see configure_optimizers), so Lightning unscales before this hook.
+        # AdamW. Gradients are unscaled here: bf16 has no loss scaling, and with fp16 Lightning unscales first.
         clip = self.optimizer_config.grad_clip or math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
-        if not torch.isfinite(norm):  # one sync per optimizer step; a non-finite loss shows up here too
-            self._nonfinite(norm.item(), optimizer)
+        if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
+            # fp16: an overflowing gradient is routine (the scaler skips that step and lowers its scale); only a
+            # non-finite loss is a real failure
+            if not torch.isfinite(self._last_loss):
+                self._nonfinite(f"non-finite loss ({self._last_loss.item()})", optimizer)
+                return
+        elif not torch.isfinite(norm):  # one sync per optimizer step; a non-finite loss shows up here too
+            self._nonfinite(f"non-finite gradient norm ({norm.item()})", optimizer)
             return
         self._skipped_in_a_row = 0
         self.log("train/grad_norm", norm)
         self.log("train/lr", optimizer.param_groups[0]["lr"])  # the LR this step applies
 
-    def _nonfinite(self, norm: float, optimizer: torch.optim.Optimizer) -> None:
+    def _nonfinite(self, what: str, optimizer: torch.optim.Optimizer) -> None:
         """Stop before the update touches the weights, or skip it (no gradients: AdamW leaves every parameter,
         moment and weight decay as they were)."""
-        step = self.global_step + 1
-        where = f"non-finite gradient norm ({norm}) at step {step} (the loss or a gradient overflowed)"
+        where = f"{what} at step {self.global_step + 1}"
         if self.on_nonfinite == "stop":
             raise NonFiniteError(
-                f"{where}; the run stopped before applying it and its last checkpoint is untouched: resume with "
-                f"ckpt_path=last after lowering optimizer.lr, or set train.on_nonfinite=skip"
+                f"{where}; the run stopped before applying it and its checkpoints are untouched: resume with a lower "
+                f"optimizer.lr (the resumed run uses the config's optimizer settings), or set train.on_nonfinite=skip"
             )
         optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
@@ -144,13 +150,42 @@ class LMModule(L.LightningModule):
         if self._skipped_in_a_row >= self.max_skipped_steps:
             raise NonFiniteError(
                 f"{where}: {self._skipped_in_a_row} updates in a row skipped (train.max_skipped_steps="
-                f"{self.max_skipped_steps}), the run stopped; its last checkpoint is untouched"
+                f"{self.max_skipped_steps}), the run stopped; its checkpoints are untouched"
             )
 
-    def configure_optimizers(self):
-        # Fused AdamW unscales fp16 gradients inside step(), after this module clips them; so no fusing with a
-        # GradScaler (16-mixed), where clipping must see unscaled gradients.
-        fused = self.device.type == "cuda" and self.trainer.precision != "16-mixed"
-        optimizer = build_optimizer(self.model, self.optimizer_config, fused=fused)
-        scheduler = LambdaLR(optimizer, lr_multiplier(self.scheduler_config, self.max_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    # -- resuming exactly ----------------------------------------------------------------------------------
+
+    def on_train_start(self) -> None:
+        check = getattr(self.trainer.datamodule, "check_position", None)
+        if check is not None:  # the data must resume exactly where the restored step left it
+            check(self.global_step)
+        self._apply_config_to_restored_optimizer()
+        if self._rng_to_restore is not None:  # dropout continues with the random numbers it would have drawn
+            set_rng_state(self._rng_to_restore, rank=self.global_rank, world_size=self.trainer.world_size)
+            self._rng_to_restore = None
+
+    def _apply_config_to_restored_optimizer(self) -> None:
+        """A restored optimizer keeps the checkpoint's hyperparameters; this run's config wins instead (a resume
+        with a lower `optimizer.lr`, a cooldown fork with another schedule). The LR is a pure function of the
+        step and the config, so it is recomputed for the step training continues from."""
+        optimizer = self.optimizers().optimizer
+        scheduler = self.lr_schedulers()
+        fresh = build_optimizer(self.model, self.optimizer_config, fused=self._fused())
+        for group, new in zip(optimizer.param_groups, fresh.param_groups, strict=True):
+            group.update({k: v for k, v in new.items() if k != "params"})
+            group["initial_lr"] = new["lr"]
+        scheduler.base_lrs = [g["lr"] for g in fresh.param_groups]
+        scheduler.lr_lambdas = [lr_multiplier(self.scheduler_config, self.max_steps)] * len(optimizer.param_groups)
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # every rank runs this hook; each rank's own random state goes into the one file rank 0 writes
+        gather = (lambda t: self.all_gather(t.to(self.device)).cpu()) if self.trainer.world_size > 1 else None
+        checkpoint["rng"] = rng_state(gather=gather)
+        checkpoint["skipped_steps"] = [self.skipped_steps, self._skipped_in_a_row]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng")
+        self.skipped_steps, self._skipped_in_a_row = checkpoint.get("skipped_steps", [0, 0])

@@ -39,7 +39,7 @@ def read_records(path: Path, rank: int = 0) -> list[dict]:
 
 
 class LossRecorder(L.Callback):
-    """Appends `{"step", "loss"}` per micro-batch to a JSONL file, flushed at once (a SIGKILL loses nothing)."""
+    """Appends `{"step", "loss", "lr"}` per micro-batch to a JSONL file, flushed at once (a SIGKILL loses nothing)."""
 
     def __init__(self, path: str):
         self.path = path
@@ -48,7 +48,8 @@ class LossRecorder(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps({"step": trainer.global_step, "loss": outputs["loss"].item()}) + "\n")
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            f.write(json.dumps({"step": trainer.global_step, "loss": outputs["loss"].item(), "lr": lr}) + "\n")
 
 
 class InjectNaN(L.Callback):

@@ -4,6 +4,7 @@ uninterrupted run ends (bit-exact on CPU); checkpoints are atomic and checked; n
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ def command(run_dir: Path, losses: Path, *extra: str) -> list[str]:
     """A small run with dropout (so the random state matters), checkpoints every 5 steps, validation every 10."""
     return [
         sys.executable, "run.py", "experiment=smoke", "trainer=cpu", "train.max_steps=30", "train.val_every=10",
-        "model.dropout=0.1", "callbacks.step_checkpoint.every_n_train_steps=5", "~callbacks.progress_bar",
+        "model.dropout=0.1", "callbacks.last_checkpoint.every_n_steps=5", "~callbacks.progress_bar",
         "+trainer.enable_progress_bar=false",
         "+callbacks.losses._target_=tests.helpers.LossRecorder", f"+callbacks.losses.path={losses}",
         f"hydra.run.dir={run_dir}", *extra,
@@ -41,12 +42,12 @@ def run(cmd: list[str], cache: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=300)
 
 
-def final_losses(path: Path) -> dict[int, float]:
-    """Loss per micro-batch index (steps re-done after a resume overwrite the first attempt)."""
+def final_losses(path: Path, key: str = "loss") -> dict[int, float]:
+    """Loss (or LR) per step (steps re-done after a resume overwrite the first attempt)."""
     out = {}
     for line in path.read_text().splitlines():
         rec = json.loads(line)
-        out[rec["step"]] = rec["loss"]
+        out[rec["step"]] = rec[key]
     return out
 
 
@@ -127,6 +128,45 @@ def test_nonfinite_gradient_guard(tmp_path, cache_dir, policy):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert results["stop_reason"] == "max_steps" and results["skipped_steps"] == 1 and results["steps"] == 30
         assert last["global_step"] == 30 and np.isfinite(results["val_loss"])
+
+
+@pytest.mark.slow
+def test_finished_runs_incompatible_resumes_and_a_lost_final_validation(tmp_path, cache_dir, reference):
+    ref_dir, _ = reference
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    cmd = command(run_dir, tmp_path / "losses.jsonl")
+    # the same command on a finished run: nothing to do, nothing changed
+    before = (run_dir / "results.json").read_text()
+    proc = run(cmd, cache_dir)
+    assert (
+        proc.returncode == 0 and "already finished" in proc.stdout and (run_dir / "results.json").read_text() == before
+    )
+    # a resume whose model does not fit the checkpoint: one line, before anything is written
+    proc = run(command(run_dir, tmp_path / "losses.jsonl", "model.n_layer=3"), cache_dir)
+    assert proc.returncode == 2 and "does not fit this run (model.n_layer: checkpoint 2, this run 3)" in proc.stderr
+    assert (run_dir / "results.json").read_text() == before
+    # killed after the last checkpoint but before its results: the resumed run scores the final weights
+    (run_dir / "results.json").unlink()
+    proc = run(cmd, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["val_step"] == results["steps"] == 30 and results["val_loss"] == json.loads(before)["val_loss"]
+
+
+@pytest.mark.slow
+def test_resuming_with_a_lower_lr_uses_it(tmp_path, cache_dir):
+    losses = tmp_path / "losses.jsonl"
+    first = run(command(tmp_path / "run", losses, "train.max_steps=10", "scheduler.warmup_steps=2"), cache_dir)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run(
+        command(tmp_path / "run", losses, "train.max_steps=20", "scheduler.warmup_steps=2", "optimizer.lr=3e-5"),
+        cache_dir,
+    )
+    assert second.returncode == 0, second.stderr[-2000:]
+    lrs = final_losses(losses, "lr")
+    # recorded after each update (the LR of the next one): the first run's schedule, then the new peak LR
+    assert lrs[9] > 1e-4 and 0 < max(lrs[s] for s in range(11, 21)) <= 3e-5
 
 
 def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
