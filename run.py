@@ -26,7 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from lm_lab.checkpoint import check_compatible, resume_checkpoint
+from lm_lab.checkpoint import check_compatible, read_checkpoint, resume_checkpoint
 from lm_lab.config import RunConfig, register_schemas, world_size_of
 from lm_lab.data.prepare import preflight
 from lm_lab.errors import ConfigError
@@ -48,6 +48,29 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
 
+def start_checkpoint(plain: dict) -> tuple[Path | None, dict | None]:
+    """`init=checkpoint`: the checkpoint a new run starts from (weights, optimizer, data position, random state).
+
+    With `scheduler=wsd` and `scheduler.cooldown_steps=N` it is a cooldown fork: `train.max_steps` becomes the
+    checkpoint's step + N, so the fork's LR sequence is that of one WSD run whose cooldown starts there.
+    """
+    init = plain.get("init") or {}
+    if init.get("name") != "checkpoint":
+        return None, None
+    path = Path(init["path"]).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"init.path={init['path']!r} does not exist; give a checkpoint file (e.g. RUN/checkpoints/step1000.ckpt)"
+        )
+    ckpt = read_checkpoint(path)
+    sched = plain.get("scheduler") or {}
+    if sched.get("name") == "wsd" and sched.get("cooldown_steps"):
+        plain["train"]["max_steps"] = ckpt["global_step"] + sched["cooldown_steps"]
+        log.info("cooldown fork of %s: %d cooldown steps from step %d, to step %d", path, sched["cooldown_steps"],
+                 ckpt["global_step"], plain["train"]["max_steps"])  # fmt: skip
+    return path, ckpt
+
+
 def train(cfg: DictConfig) -> dict:
     started = time.time()
     run_dir = Path(cfg.run_dir)
@@ -59,10 +82,17 @@ def train(cfg: DictConfig) -> dict:
     world_size = world_size_of(trainer_kwargs)
 
     # -- 1. check everything; nothing has been read, built or written yet --------------------------------------
+    init_path, init_ckpt = start_checkpoint(plain)  # init=checkpoint: may fix train.max_steps (a cooldown fork)
     run = RunConfig.from_dict(plain, world_size=world_size)
     tr = run.train
     preflight(run.data, run.tokenizer)
-    ckpt_path, ckpt = resume_checkpoint(cfg.ckpt_path, run_dir / "checkpoints")
+    ckpt_path, ckpt = resume_checkpoint(cfg.ckpt_path, run_dir / "checkpoints")  # this run's own, first
+    if ckpt is None and init_ckpt is not None:
+        ckpt_path, ckpt = init_path, init_ckpt
+        if ckpt["global_step"] >= tr.max_steps:
+            raise ConfigError(
+                f"init.path={str(init_path)!r} is at step {ckpt['global_step']}, not before train.max_steps={tr.max_steps}; lengthen the run"
+            )
     if ckpt is not None:
         identity = {
             "data": run.data.name,
@@ -71,7 +101,7 @@ def train(cfg: DictConfig) -> dict:
             "batch_size": tr.batch_size,
             "seed": tr.seed,
         }
-        check_compatible(ckpt_path, ckpt, asdict(run.model), identity)
+        check_compatible(ckpt_path, ckpt, asdict(run.model), identity, optimizer=run.optimizer.name)
         done = _finished_results(run_dir, tr.max_steps)
         if done is not None:
             log.info(
@@ -89,7 +119,7 @@ def train(cfg: DictConfig) -> dict:
     from lm_lab.data.datamodule import LMDataModule
     from lm_lab.module import LMModule
 
-    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    resolved = OmegaConf.to_yaml(OmegaConf.create(plain))  # resolved, with derived values (a fork's max_steps)
     atomic_write_text(run_dir / "config.yaml", resolved)
     atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(list(_overrides())))
     log.info("resolved config (saved to %s):\n%s", run_dir / "config.yaml", resolved)
@@ -201,6 +231,9 @@ def train(cfg: DictConfig) -> dict:
         "data": run.data.name,
         "overrides": list(_overrides()),
     }
+    for key, value in trainer.callback_metrics.items():  # averaged weights' losses: val_loss_ema, val_loss_swa
+        if key.startswith("val/loss_"):
+            results[key.replace("/", "_")] = float(value)
     if trainer.is_global_zero:
         # strict JSON: a loss that does not exist (no validation yet) is null, not NaN
         finite = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in results.items()}

@@ -46,5 +46,5 @@ class LastCheckpoint(L.Callback):
             self._save(trainer)
 
     def _save(self, trainer: L.Trainer) -> None:
-        trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+        trainer.save_checkpoint(self.path, weights_only=False)  # the full state; every rank calls it, rank 0 writes
         self._since = time.monotonic()

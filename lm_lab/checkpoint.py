@@ -79,10 +79,14 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> tuple[Path
     return None, None
 
 
-def check_compatible(path: Path, ckpt: dict, model: dict, data: dict) -> None:
-    """Refuse, before anything is written, a checkpoint whose model or batch geometry differs from this run's:
-    its weights would not load, or the data it restores would be other tokens than it read."""
+def check_compatible(path: Path, ckpt: dict, model: dict, data: dict, optimizer: str | None = None) -> None:
+    """Refuse, before anything is written, a checkpoint whose model, optimizer or batch geometry differs from
+    this run's: its weights or optimizer state would not load, or the data it restores would be other tokens
+    than it read."""
     problems = []
+    saved_optimizer = ckpt.get("hyper_parameters", {}).get("optimizer", {}).get("name")
+    if optimizer is not None and saved_optimizer is not None and saved_optimizer != optimizer:
+        problems.append(f"optimizer.name: checkpoint {saved_optimizer!r}, this run {optimizer!r}")
     saved_model = ckpt.get("hyper_parameters", {}).get("model", {})
     for key in ("n_layer", "n_head", "d_model", "d_ff", "block_size", "vocab_size", "pad_vocab_multiple", "bias"):
         if key in saved_model and saved_model[key] != model.get(key):

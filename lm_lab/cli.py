@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from lm_lab.config import compose
+from lm_lab.config import CONF_DIR, compose
 from lm_lab.errors import ConfigError
 from lm_lab.models import ModelConfig, chinchilla_flops_per_token, flops_per_token, non_embedding_params, param_count
+from lm_lab.optim import SchedulerConfig
 
 
 def load_model_config(name: str, overrides: list[str], vocab_size: int) -> ModelConfig:
@@ -58,6 +60,77 @@ def prepare_data(args: argparse.Namespace) -> dict:
             "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])} for k, v in meta["splits"].items()}}  # fmt: skip
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give positive integers separated by commas, e.g. 200,400"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 200,400")
+    return values
+
+
+FORK_DROPS = ("scheduler", "init", "ckpt_path", "name", "train.max_steps", "hydra", "callbacks=", "callbacks.snapshots")
+
+
+def cooldowns(args: argparse.Namespace) -> dict:
+    """Fork cooldowns of several lengths from one checkpoint of a stable run (Hägele et al. 2024 §3: one run
+    plus short cooldowns give a family of training lengths), run them, and gather their results."""
+    import csv
+    import subprocess
+
+    source = Path(args.run_dir)
+    config = OmegaConf.load(source / "config.yaml")
+    ckpt = source / "checkpoints" / f"step{args.step}.ckpt"
+    if not ckpt.exists():
+        kept = sorted(p.name for p in (source / "checkpoints").glob("step*.ckpt"))
+        raise ConfigError(
+            f"{ckpt} not found; the run kept {kept or 'no step checkpoints'} (train it with callbacks=with_snapshots)"
+        )
+    sched, total = config.scheduler, config.train.max_steps
+    stable_until = (
+        total - SchedulerConfig(**OmegaConf.to_container(sched)).cooldown_length(total)
+        if sched.name == "wsd"
+        else total
+    )
+    if sched.name not in ("constant", "wsd") or not sched.warmup_steps <= args.step <= stable_until:
+        raise ConfigError(
+            f"step {args.step} of {source} is not in a stable phase (scheduler {sched.name}, warmup {sched.warmup_steps}, "
+            f"constant until step {stable_until}); fork from a constant-LR or WSD run's stable phase"
+        )
+    previous = OmegaConf.load(source / "overrides.yaml") if (source / "overrides.yaml").exists() else []
+    mine = {o.lstrip("+~").split("=")[0] for o in args.overrides}  # the forks' own overrides win
+    kept = [
+        o for o in previous if not o.lstrip("+~").startswith(FORK_DROPS) and o.lstrip("+~").split("=")[0] not in mine
+    ]
+    sweep = source / "cooldowns" / f"step{args.step}"
+    command = [
+        sys.executable, str(CONF_DIR.parent / "run.py"), "-m", *kept, "callbacks=default", "scheduler=wsd",
+        f"scheduler.warmup_steps={sched.warmup_steps}", f"scheduler.warmup_start_frac={sched.warmup_start_frac}",
+        f"scheduler.cooldown_shape={args.shape}", f"scheduler.final_lr_frac={args.final_lr_frac}",
+        f"scheduler.cooldown_steps={','.join(str(n) for n in args.lengths)}", "init=checkpoint", f"init.path={ckpt}",
+        f"name={config.name}_cooldowns", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=cooldown${scheduler.cooldown_steps}",
+        *args.overrides,
+    ]  # fmt: skip
+    print(" ".join(command), file=sys.stderr)
+    if args.dry_run:
+        return {"command": command}
+    subprocess.run(command, check=True, cwd=CONF_DIR.parent, stdout=sys.stderr)  # stdout: the JSON summary only
+    rows = []
+    for n in args.lengths:
+        results = json.loads((sweep / f"cooldown{n}" / "results.json").read_text())
+        row = {"fork_step": args.step, "cooldown_steps": n}
+        row.update({k: results[k] for k in ("steps", "tokens", "flops", "val_loss", "best_val_loss", "wall_seconds")})
+        rows.append(row)
+    with open(sweep / "cooldowns.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"sweep": str(sweep), "csv": str(sweep / "cooldowns.csv"), "runs": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lm-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -69,12 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default block_size)")
     p.add_argument("overrides", nargs="*", help="model field overrides, e.g. n_layer=16")
     p.set_defaults(func=count)
+    p = sub.add_parser("cooldowns", help="fork cooldowns of several lengths from a stable run's checkpoint")
+    p.add_argument("run_dir", help="the stable run's directory (a constant-LR or WSD run that kept step checkpoints)")
+    p.add_argument("--step", type=int, required=True, help="fork from checkpoints/step<STEP>.ckpt")
+    p.add_argument("--lengths", type=_int_list, required=True, help="cooldown lengths in steps, e.g. 200,400,800")
+    p.add_argument("--shape", default="1-sqrt", help="cooldown shape (default 1-sqrt, Hägele et al.'s best)")
+    p.add_argument("--final-lr-frac", type=float, default=0.0, help="LR at the end of the cooldown (default 0)")
+    p.add_argument("--dry-run", action="store_true", help="print the multirun command, run nothing")
+    p.add_argument("overrides", nargs="*", help="extra overrides for every fork")
+    p.set_defaults(func=cooldowns)
     p = sub.add_parser("prepare-data", help="tokenise a corpus once into sharded token files (cached)")
     p.add_argument(
         "overrides", nargs="*", help="config overrides as for run.py, e.g. data=slimpajama_6b tokenizer=gpt2"
     )
     p.set_defaults(func=prepare_data)
-    args = parser.parse_args(argv)
+    # overrides may come anywhere on the line (Hydra style): what argparse does not know is an override
+    args, rest = parser.parse_known_args(argv)
+    if any(r.startswith("-") for r in rest):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = [*args.overrides, *rest]
     try:
         print(json.dumps(args.func(args), indent=2))
     except ConfigError as e:

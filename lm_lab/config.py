@@ -104,6 +104,32 @@ class RunConfig:
                 problems += e.problems
         problems += _check_trainer(cfg.get("trainer") or {})
         problems += _check_gpu_only(model, train, cfg.get("trainer") or {})
+        trainer = cfg.get("trainer") or {}
+        optimizer, scheduler = built["optimizer"], built["scheduler"]
+        if optimizer is not None:
+            on_gpu = trainer.get("accelerator", "auto") != "cpu" and torch.cuda.is_available()
+            problems += optimizer.check_environment(on_gpu, str(trainer.get("strategy", "auto")))
+            if optimizer.name == "schedule_free" and scheduler is not None and scheduler.name != "constant":
+                problems.append(
+                    f"optimizer.name=schedule_free replaces the LR schedule; use scheduler=constant (with "
+                    f"scheduler.warmup_steps=0 and optimizer.warmup_steps for its warmup), not scheduler.name={scheduler.name!r}"
+                )
+            elif optimizer.name == "schedule_free" and scheduler is not None and scheduler.warmup_steps:
+                problems.append(
+                    f"scheduler.warmup_steps={scheduler.warmup_steps} would warm schedule-free AdamW up twice; set "
+                    f"scheduler.warmup_steps=0 and use optimizer.warmup_steps for its warmup"
+                )
+            if optimizer.name == "schedule_free" and train is not None and train.on_nonfinite == "skip":
+                problems.append(
+                    "train.on_nonfinite=skip cannot skip a schedule-free update (its averaging advances on every "
+                    "step); use train.on_nonfinite=stop with optimizer.name=schedule_free"
+                )
+        problems += _check_callbacks(cfg.get("callbacks") or {})
+        init = cfg.get("init") or {}
+        if init.get("name") == "checkpoint" and not init.get("path"):
+            problems.append(
+                "init=checkpoint needs init.path=CHECKPOINT (e.g. a stable run's checkpoints/step1000.ckpt)"
+            )
         for group, names in IMPLEMENTED.items():
             name = (cfg.get(group) or {}).get("name")
             if name not in names:
@@ -112,7 +138,26 @@ class RunConfig:
         return cls(**built, world_size=world_size)
 
 
-IMPLEMENTED = {"budget": ("none",), "init": ("random",)}  # groups that later work fills
+def _check_callbacks(callbacks: dict) -> list[str]:
+    """The weight-averaging callbacks' settings (the others are Lightning's own and checked by it)."""
+    problems = []
+    for name, cb in callbacks.items():
+        if not isinstance(cb, dict) or cb.get("_target_") != "callbacks.AveragedWeights":
+            continue
+        kind, decay = cb.get("kind", "ema"), cb.get("decay", 0.999)
+        every, start = cb.get("every_n_steps", 1), cb.get("start_step", 0)
+        if kind not in ("ema", "swa"):
+            problems.append(f"callbacks.{name}.kind={kind!r} is unknown; use ema or swa")
+        if not (isinstance(decay, float | int) and 0 < decay < 1):
+            problems.append(f"callbacks.{name}.decay={decay!r} must be in (0, 1), e.g. 0.999")
+        if not (isinstance(every, int) and every >= 1):
+            problems.append(f"callbacks.{name}.every_n_steps={every!r} must be an integer >= 1")
+        if not (isinstance(start, int) and start >= 0):
+            problems.append(f"callbacks.{name}.start_step={start!r} must be an integer >= 0")
+    return problems
+
+
+IMPLEMENTED = {"budget": ("none",), "init": ("random", "checkpoint")}  # groups that later work fills
 
 
 def _check_trainer(trainer: dict) -> list[str]:

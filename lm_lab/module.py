@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric
 from lm_lab.checkpoint import rng_state, set_rng_state
 from lm_lab.guards import NonFiniteError
 from lm_lab.models import GPT, ModelConfig, flops_per_token
-from lm_lab.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_multiplier
+from lm_lab.optim import HYPERPARAMETERS, OptimizerConfig, Schedule, SchedulerConfig, build_optimizer, lr_multiplier
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,34 @@ class LMModule(L.LightningModule):
         self.log("val/ppl", torch.exp(loss))
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step
+            schedule = self._schedule()
+            if schedule is not None and schedule.observe(loss.item()):
+                self._set_lrs(schedule)  # the next update already uses the cut LR, as a resume from here would
+                log.info(
+                    "validation loss stalled: learning rate scaled by %g from step %d",
+                    schedule.plateau["scale"],
+                    self.global_step,
+                )
+
+    def _schedule(self) -> Schedule | None:
+        if self.trainer.state.fn != "fit" or not self.trainer.lr_scheduler_configs:
+            return None
+        fn = self.lr_schedulers().lr_lambdas[0]
+        return fn if isinstance(fn, Schedule) else None
+
+    # Schedule-free optimizers hold two weight sequences: y for gradients (train mode) and the average x for
+    # evaluation. Validation (and the checkpoint written right after it) must see x, or its numbers are wrong.
+    def _optimizer_mode(self, mode: str) -> None:
+        if self.trainer.optimizers:  # in fit, and in a validate after it (run.py scores restored final weights)
+            switch = getattr(self.trainer.optimizers[0], mode, None)
+            if callable(switch) and self.optimizer_config.name == "schedule_free":
+                switch()
+
+    def on_validation_start(self) -> None:
+        self._optimizer_mode("eval")
+
+    def on_validation_end(self) -> None:  # after the callbacks' on_validation_end: checkpoints hold x
+        self._optimizer_mode("train")
 
     # -- optimisation --------------------------------------------------------------------------------------
 
@@ -160,6 +188,7 @@ class LMModule(L.LightningModule):
         if check is not None:  # the data must resume exactly where the restored step left it
             check(self.global_step)
         self._apply_config_to_restored_optimizer()
+        self._optimizer_mode("train")  # schedule-free: whatever mode the checkpoint was saved in
         if self._rng_to_restore is not None:  # dropout continues with the random numbers it would have drawn
             set_rng_state(self._rng_to_restore, rank=self.global_rank, world_size=self.trainer.world_size)
             self._rng_to_restore = None
@@ -172,12 +201,20 @@ class LMModule(L.LightningModule):
         scheduler = self.lr_schedulers()
         fresh = build_optimizer(self.model, self.optimizer_config, fused=self._fused())
         for group, new in zip(optimizer.param_groups, fresh.param_groups, strict=True):
-            group.update({k: v for k, v in new.items() if k != "params"})
+            group.update({k: new[k] for k in HYPERPARAMETERS if k in new})
             group["initial_lr"] = new["lr"]
         scheduler.base_lrs = [g["lr"] for g in fresh.param_groups]
-        scheduler.lr_lambdas = [lr_multiplier(self.scheduler_config, self.max_steps)] * len(optimizer.param_groups)
+        schedule = lr_multiplier(self.scheduler_config, self.max_steps)
+        if isinstance(scheduler.lr_lambdas[0], Schedule):  # reduce-on-plateau state carries over
+            schedule.plateau = dict(scheduler.lr_lambdas[0].plateau)
+        scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+        self._set_lrs(schedule)
+
+    def _set_lrs(self, schedule: Schedule) -> None:
+        """Set the LR of the step training continues with from the schedule (a pure function of the step)."""
+        optimizer, scheduler = self.optimizers().optimizer, self.lr_schedulers()
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base * scheduler.lr_lambdas[0](scheduler.last_epoch)
+            group["lr"] = base * schedule(scheduler.last_epoch)
         scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -24,12 +24,24 @@ def test_design_groups_exist():
     assert (CONF / "hydra" / "launcher" / "local.yaml").exists()
 
 
+# options that only make sense with another setting
+COMPANIONS = {
+    "data=local": ["data.path=."],
+    "optimizer=schedule_free": ["scheduler=constant", "scheduler.warmup_steps=0"],
+    "init=checkpoint": ["init.path=x.ckpt"],
+}
+
+
 @pytest.mark.parametrize(
     "override",
     [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
 )
 def test_every_yaml_composes_and_validates(override):
-    plain = _plain([override, *(["data.path=."] if override == "data=local" else [])])
+    plain = _plain([override, *COMPANIONS.get(override, [])])
+    if override == "optimizer=adamw8bit" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="adamw8bit runs on CUDA GPUs only"):
+            RunConfig.from_dict(plain)
+        return
     if plain["trainer"]["accelerator"] == "gpu" and not torch.cuda.is_available():
         plain["trainer"].update(accelerator="cpu", precision="32-true")  # the GPU-on-CPU refusal has its own test
     run = RunConfig.from_dict(plain)
@@ -72,6 +84,20 @@ def _plain(overrides):
         (["train.max_steps=20"], r"scheduler\.warmup_steps=40 exceeds train\.max_steps=20"),
         (["budget.name=a100_3h"], r"budget\.name='a100_3h' is not available yet"),
         (["+train.epochs=3"], r"train\.epochs is not a train setting"),
+        (["optimizer=schedule_free", "scheduler=constant"], r"scheduler\.warmup_steps=40 would warm schedule-free"),
+        (
+            ["optimizer=schedule_free", "scheduler=constant", "scheduler.warmup_steps=0", "train.on_nonfinite=skip"],
+            r"train\.on_nonfinite=skip cannot skip a schedule-free update",
+        ),
+        (["optimizer.momentum=1.5"], r"optimizer\.momentum=1\.5 must be in \[0, 1\)"),
+        (
+            ["+callbacks.avg._target_=callbacks.AveragedWeights", "+callbacks.avg.kind=median"],
+            r"callbacks\.avg\.kind='median' is unknown; use ema or swa",
+        ),
+        (
+            ["+callbacks.avg._target_=callbacks.AveragedWeights", "+callbacks.avg.every_n_steps=0"],
+            r"callbacks\.avg\.every_n_steps=0 must be an integer >= 1",
+        ),
     ],
 )
 def test_bad_configs_name_the_field(overrides, message):

@@ -146,6 +146,10 @@ def test_finished_runs_incompatible_resumes_and_a_lost_final_validation(tmp_path
     proc = run(command(run_dir, tmp_path / "losses.jsonl", "model.n_layer=3"), cache_dir)
     assert proc.returncode == 2 and "does not fit this run (model.n_layer: checkpoint 2, this run 3)" in proc.stderr
     assert (run_dir / "results.json").read_text() == before
+    # another optimizer cannot take over the checkpoint's optimizer state
+    proc = run(command(run_dir, tmp_path / "losses.jsonl", "optimizer=muon"), cache_dir)
+    assert proc.returncode == 2 and "(optimizer.name: checkpoint 'adamw', this run 'muon')" in proc.stderr
+    assert (run_dir / "results.json").read_text() == before
     # killed after the last checkpoint but before its results: the resumed run scores the final weights
     (run_dir / "results.json").unlink()
     proc = run(cmd, cache_dir)

@@ -1,3 +1,5 @@
+"""LR schedules against their formulas (Hägele et al. 2024 and their code), continuity, restore, cooldown forks."""
+
 import math
 
 import pytest
@@ -5,56 +7,116 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from lm_lab.errors import ConfigError
-from lm_lab.optim import SchedulerConfig, cosine, lr_multiplier
+from lm_lab.optim import SchedulerConfig, cooldown, cosine, cosine_restarts, linear, lr_multiplier, warmup, wsd
 
-KW = {"warmup_steps": 10, "total_steps": 110, "final_lr_frac": 0.1}
-
-
-def test_warmup_is_linear_and_reaches_peak():
-    assert cosine(0, **KW) == pytest.approx(0.1)
-    assert cosine(4, **KW) == pytest.approx(0.5)
-    assert cosine(9, **KW) == pytest.approx(1.0)
-    assert cosine(10, **KW) == pytest.approx(1.0)  # first decay step: cos(0) = 1, continuous with warmup
+W, T, S = 10, 110, 0.01  # warmup steps, total steps, warmup start fraction
+KW = {"warmup_steps": W, "total_steps": T, "start_frac": S}
 
 
-def test_cosine_values_against_the_formula():
-    assert cosine(60, **KW) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way: cos(pi/2) = 0
-    step = 35  # a quarter of the way through the decay
-    assert cosine(step, **KW) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.25)))
-    assert cosine(110, **KW) == pytest.approx(0.1)
-    assert cosine(500, **KW) == pytest.approx(0.1)  # stays at the floor past the horizon
-    values = [cosine(s, **KW) for s in range(10, 111)]
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
-    assert max(abs(a - b) for a, b in zip(values, values[1:], strict=False)) < 0.03  # no jumps
+def test_warmup_follows_hagele_et_al():
+    # their code: step / n_warmup + (1 - step / n_warmup) / init_div_factor, with init_div_factor = 100
+    for step in range(W + 1):
+        assert warmup(step, W, S) == pytest.approx(step / W + (1 - step / W) / 100)
+    assert warmup(W, W, S) == 1.0 and warmup(0, 0, S) == 1.0
 
 
-def test_restored_scheduler_continues_with_the_same_values():
-    def make():
-        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
-        return opt, LambdaLR(opt, lr_multiplier(SchedulerConfig(warmup_steps=10), 110))
+@pytest.mark.parametrize("fn", [linear, cosine])
+def test_decays_hit_the_formula_at_the_landmarks(fn):
+    kw = {**KW, "final_lr_frac": 0.1}
+    assert fn(W - 1, **kw) == pytest.approx(warmup(W - 1, W, S))  # warmup end
+    assert fn(W, **kw) == pytest.approx(1.0)  # decay start
+    mid = 0.1 + 0.9 * (0.5 if fn is linear else 0.5 * (1 + math.cos(math.pi / 2)))
+    assert fn(60, **kw) == pytest.approx(mid)  # half-way
+    assert fn(T, **kw) == pytest.approx(0.1) and fn(T + 50, **kw) == pytest.approx(0.1)  # end, and after
 
-    opt, sched = make()
-    for _ in range(37):
+
+@pytest.mark.parametrize("shape", ["linear", "1-sqrt", "cosine", "mirror_cosine", "square", "exp"])
+def test_wsd_against_the_formulas(shape):
+    final = 0.05 if shape == "exp" else 0.0
+    c = 20  # cooldown steps: stable until 90
+    kw = {**KW, "cooldown_steps": c, "shape": shape, "final_lr_frac": final}
+    assert wsd(W - 1, **kw) == pytest.approx(warmup(W - 1, W, S))
+    assert wsd(W, **kw) == 1.0 and wsd(50, **kw) == 1.0 and wsd(89, **kw) == 1.0  # stable phase
+    assert wsd(90, **kw) == pytest.approx(1.0)  # cooldown start: continuous
+    t = 0.5  # mid-cooldown, step 100
+    expected = {
+        "linear": 1 - t,
+        "1-sqrt": 1 - math.sqrt(t),
+        "cosine": 0.5 * (1 + math.cos(math.pi * t)),
+        "mirror_cosine": 2 * (1 - t) - 0.5 * (1 + math.cos(math.pi * t)),
+        "square": 1 - t * t,
+    }
+    want = final**t if shape == "exp" else final + (1 - final) * expected[shape]
+    assert wsd(100, **kw) == pytest.approx(want)
+    assert wsd(T, **kw) == pytest.approx(final) and wsd(T - 1, **kw) == pytest.approx(cooldown(19 / 20, shape, final))
+    values = [wsd(s, **kw) for s in range(T + 1)]
+    assert max(abs(a - b) for a, b in zip(values, values[1:], strict=False)) < 0.25  # no jumps anywhere
+
+
+def test_cosine_restarts_cycle_and_grow():
+    kw = {"warmup_steps": W, "period": 20, "mult": 2.0, "final_lr_frac": 0.1, "start_frac": S}
+    assert cosine_restarts(W, **kw) == pytest.approx(1.0)
+    assert cosine_restarts(W + 10, **kw) == pytest.approx(0.55)  # half a 20-step cycle
+    assert cosine_restarts(W + 20, **kw) == pytest.approx(1.0)  # restart
+    assert cosine_restarts(W + 20 + 20, **kw) == pytest.approx(0.55)  # half of the 40-step second cycle
+    assert cosine_restarts(W + 60, **kw) == pytest.approx(1.0)
+
+
+def schedule_values(cfg: SchedulerConfig, total: int, steps: int, state=None) -> tuple[list[float], dict]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = LambdaLR(opt, lr_multiplier(cfg, total))
+    if state is not None:
+        sched.load_state_dict(state)
+        opt.param_groups[0]["lr"] = sched.get_last_lr()[0]
+    values = []
+    for _ in range(steps):
+        values.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
-    state = sched.state_dict()
-    expected = []
-    for _ in range(5):
-        expected.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    opt2, sched2 = make()
-    sched2.load_state_dict(state)
-    opt2.param_groups[0]["lr"] = sched2.get_last_lr()[0]
-    got = []
-    for _ in range(5):
-        got.append(opt2.param_groups[0]["lr"])
-        opt2.step()
-        sched2.step()
-    assert got == pytest.approx(expected)
-    assert expected[0] == pytest.approx(2.0 * cosine(37, **KW))
+    return values, sched.state_dict()
 
 
-def test_warmup_longer_than_run_is_refused():
+@pytest.mark.parametrize("name", ["constant", "linear", "cosine", "wsd", "cosine_restarts"])
+def test_a_restored_scheduler_continues_with_the_same_values(name):
+    cfg = SchedulerConfig(name=name, warmup_steps=10, restart_steps=15)
+    straight, _ = schedule_values(cfg, 100, 60)
+    _, state = schedule_values(cfg, 100, 37)
+    resumed, _ = schedule_values(cfg, 100, 23, state)
+    assert resumed == pytest.approx(straight[37:])
+
+
+def test_reduce_on_plateau_composes_and_survives_a_restore():
+    cfg = SchedulerConfig(name="constant", warmup_steps=0, plateau_factor=0.5, plateau_patience=2)
+    s = lr_multiplier(cfg, 100)
+    assert [s.observe(x) for x in (3.0, 2.9, 2.9, 2.9, 2.9, 2.9)] == [False, False, False, True, False, True]
+    assert s(50) == pytest.approx(0.25)
+    again = lr_multiplier(cfg, 100)
+    again.__dict__.update({k: v for k, v in s.__dict__.items()})  # what LambdaLR.load_state_dict does
+    assert again(50) == pytest.approx(0.25)
+
+
+def test_a_cooldown_fork_reproduces_one_wsd_run():
+    """Forking a cooldown of n steps (`cooldown_steps`) from step k of a long WSD run's stable phase gives, step for
+    step, the LR sequence of one WSD run of k + n steps whose 20% cooldown (`cooldown_frac`) starts at k (what
+    init=checkpoint + cooldown_steps does; tests/test_forks.py checks the same end to end)."""
+    k, n = 60, 15
+    stable = lr_multiplier(SchedulerConfig(name="wsd", warmup_steps=10, final_lr_frac=0.0), 10_000)  # cooldown at 8000
+    fork = lr_multiplier(SchedulerConfig(name="wsd", warmup_steps=10, cooldown_steps=n, final_lr_frac=0.0), k + n)
+    single = lr_multiplier(SchedulerConfig(name="wsd", warmup_steps=10, cooldown_frac=0.2, final_lr_frac=0.0), k + n)
+    run = [stable(s) for s in range(k)] + [fork(s) for s in range(k, k + n)]
+    assert run == [single(s) for s in range(k + n)]  # exactly, not approximately
+    assert single(k - 1) == 1.0 and single(k) == 1.0 and single(k + 1) < 1.0  # the cooldown starts at k
+    assert single(k + n) == 0.0
+
+
+def test_schedules_that_do_not_fit_the_run_are_refused():
     with pytest.raises(ConfigError, match=r"scheduler\.warmup_steps=300 exceeds train\.max_steps=100"):
         lr_multiplier(SchedulerConfig(warmup_steps=300), 100)
+    with pytest.raises(
+        ConfigError, match=r"scheduler\.warmup_steps=50 \+ cooldown 60 steps exceed train\.max_steps=100"
+    ):
+        lr_multiplier(SchedulerConfig(name="wsd", warmup_steps=50, cooldown_steps=60), 100)
+    with pytest.raises(ConfigError, match=r"cooldown_shape=exp decays to final_lr_frac, which must then be > 0"):
+        SchedulerConfig(name="wsd", cooldown_shape="exp", final_lr_frac=0.0)
+    with pytest.raises(ConfigError, match=r"scheduler\.cooldown_shape='sqrt' is unknown"):
+        SchedulerConfig(cooldown_shape="sqrt")

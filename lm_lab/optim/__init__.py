@@ -1,6 +1,31 @@
-"""Optimizers, LR schedules (pure functions of the step) and, later, weight averaging."""
+"""Optimizers, LR schedules (pure functions of the step) and their configs."""
 
-from lm_lab.optim.optimizers import OptimizerConfig, build_optimizer, param_groups
-from lm_lab.optim.schedules import SchedulerConfig, cosine, lr_multiplier, warmup
+from lm_lab.optim.optimizers import HYPERPARAMETERS, MuonWithAdamW, OptimizerConfig, build_optimizer, param_groups
+from lm_lab.optim.schedules import (
+    Schedule,
+    SchedulerConfig,
+    cooldown,
+    cosine,
+    cosine_restarts,
+    linear,
+    lr_multiplier,
+    warmup,
+    wsd,
+)
 
-__all__ = ["OptimizerConfig", "SchedulerConfig", "build_optimizer", "cosine", "lr_multiplier", "param_groups", "warmup"]
+__all__ = [
+    "HYPERPARAMETERS",
+    "MuonWithAdamW",
+    "OptimizerConfig",
+    "Schedule",
+    "SchedulerConfig",
+    "build_optimizer",
+    "cooldown",
+    "cosine",
+    "cosine_restarts",
+    "linear",
+    "lr_multiplier",
+    "param_groups",
+    "warmup",
+    "wsd",
+]
