@@ -1,6 +1,7 @@
 """Data building blocks: the held-out rule, tokenizers, token shards, window order, resume position, streaming."""
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -241,6 +242,32 @@ def test_datamodule_on_the_embedded_corpus(cache_dir):
     dm2.setup("fit")
     assert np.array_equal(dm2.val.concatenated(), dm.val.concatenated()) and dm2.val_unigram_entropy() == h
     assert dm.epochs_at(10) == pytest.approx(10 * 8 / TrainWindows(dm.train, 64, 4, 8, 0).plan.n_windows)
+
+
+def test_a_run_that_repeats_its_corpus_many_times_is_told_so(cache_dir, caplog):
+    dm = LMDataModule(
+        DataConfig(cache_dir=str(cache_dir)), TokenizerConfig(name="bytes", vocab_size=257),
+        seq_len=64, micro_batch_size=4, batch_size=8, val_tokens=4096, seed=0,
+    )  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    per_epoch = TrainWindows(dm.train, 64, 4, 8, 0).plan.n_windows / 8  # optimizer steps per pass
+    for max_steps, level in (
+        (int(0.5 * per_epoch), None),
+        (int(3 * per_epoch), "INFO"),
+        (int(20 * per_epoch), "WARNING"),
+    ):
+        dm.val, dm.train = None, None
+        dm.trainer = SimpleNamespace(max_steps=max_steps, is_global_zero=True, global_rank=0, world_size=1)
+        caplog.clear()
+        with caplog.at_level("INFO", logger="lm_lab"):
+            dm.setup("fit")
+        said = [r for r in caplog.records if "reads the train split" in r.getMessage()]
+        if level is None:
+            assert not said
+        else:
+            assert len(said) == 1 and said[0].levelname == level
+            assert f"{max_steps / per_epoch:.1f} times" in said[0].getMessage()
 
 
 def test_data_config_errors_name_the_field(tmp_path):

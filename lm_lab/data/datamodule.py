@@ -95,6 +95,13 @@ class LMDataModule(L.LightningDataModule):
                 self.cfg.name, self.cfg.mode, "streamed" if self.streaming else f"{len(self.train):,}",
                 f"{len(self.val):,}", self.tokenizer.name, folder,
             )  # fmt: skip
+            max_steps = getattr(self.trainer, "max_steps", -1) if self.trainer is not None else -1
+            planned = self.epochs_at(max_steps) if max_steps > 0 else None
+            if planned is not None and planned > 1:
+                (log.warning if planned >= 10 else log.info)(
+                    "train.max_steps=%d reads the train split of data.name=%s %.1f times; for fewer repeats use a "
+                    "larger corpus (e.g. data=slimpajama_6b tokenizer=gpt2)", max_steps, self.cfg.name, planned,
+                )  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
