@@ -163,11 +163,17 @@ class LMDataModule(L.LightningDataModule):
         return self.consumed_micro_batches(global_step) / per_epoch
 
     def _identity(self) -> dict:
-        source = {"path": self.cfg.path, "revision": self.cfg.revision, "shuffle_buffer": self.cfg.shuffle_buffer}
+        """What a resume must match to read the same tokens; a stream's order also depends on how it was split
+        among readers."""
+        stream = {
+            "path": self.cfg.path, "revision": self.cfg.revision, "shuffle_buffer": self.cfg.shuffle_buffer,
+            "world_size": self._rank_world()[1], "num_workers": self.cfg.num_workers,
+            "micro_batch_size": self.micro_batch_size,
+        }  # fmt: skip
         return {
             "data": self.cfg.name,
             "mode": self.cfg.mode,
-            **(source if self.streaming else {}),
+            **(stream if self.streaming else {}),
             "content": self.meta["splits"]["val"]["content_hash"]
             if self.streaming
             else self.meta["splits"]["train"]["content_hash"],
@@ -184,12 +190,6 @@ class LMDataModule(L.LightningDataModule):
         state = self._identity()
         step = self.trainer.global_step if self.trainer is not None else 0
         state.update(global_step=step, micro_batches=self.consumed_micro_batches(step), epochs=self.epochs_at(step))
-        if self.streaming:  # a stream's order depends on how it was split among readers
-            state.update(
-                world_size=self._rank_world()[1],
-                num_workers=self.cfg.num_workers,
-                micro_batch_size=self.micro_batch_size,
-            )
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -197,12 +197,6 @@ class LMDataModule(L.LightningDataModule):
 
     def _check_resume(self, saved: dict) -> None:
         now = self._identity()
-        if self.streaming:
-            now.update(
-                world_size=self._rank_world()[1],
-                num_workers=self.cfg.num_workers,
-                micro_batch_size=self.micro_batch_size,
-            )
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]
         if changed:
             raise ConfigError(
