@@ -34,7 +34,11 @@ COMPANIONS = {
 
 @pytest.mark.parametrize(
     "override",
-    [f"{group}={path.stem}" for group in GROUPS for path in sorted((CONF / group).glob("*.yaml"))],
+    [
+        f"{'+' if group == 'recipe' else ''}{group}={path.stem}"  # recipes are not in the defaults list: add them
+        for group in GROUPS
+        for path in sorted((CONF / group).glob("*.yaml"))
+    ],
 )
 def test_every_yaml_composes_and_validates(override):
     plain = _plain([override, *COMPANIONS.get(override, [])])
@@ -97,6 +101,10 @@ def _plain(overrides):
         (
             ["+callbacks.avg._target_=callbacks.AveragedWeights", "+callbacks.avg.every_n_steps=0"],
             r"callbacks\.avg\.every_n_steps=0 must be an integer >= 1",
+        ),
+        (
+            ["+callbacks.avg._target_=callbacks.AveragedWeights", "+callbacks.avg.decays=0.9"],
+            r"callbacks\.avg\.decays is not a setting; use kind, decay, start_step, every_n_steps",
         ),
     ],
 )

@@ -47,8 +47,9 @@ class DataConfig:
     download_first: bool = False
     """Preparing a hub dataset: False streams it through (no second copy on disk); True downloads it into the
     `datasets` cache first (a broken connection resumes, and HF_DATASETS_OFFLINE=1 works afterwards)."""
-    cache_dir: str = "~/.cache/lm_lab"
-    """Token files and trained tokenizers live here, one folder per corpus, split rule and tokenizer."""
+    cache_dir: str | None = None
+    """Token files and trained tokenizers live here, one folder per corpus, split rule and tokenizer; None:
+    $LM_LAB_CACHE, else ~/.cache/lm_lab."""
     hf_cache_dir: str | None = None
     """Where `datasets` caches downloads; None uses its default (HF_HOME / HF_DATASETS_CACHE)."""
     num_proc: int | None = None
@@ -61,6 +62,8 @@ class DataConfig:
     """DataLoader worker processes; reading windows from memory maps is cheap, so 0 is usually right."""
 
     def __post_init__(self) -> None:
+        if self.cache_dir is None:
+            self.cache_dir = os.environ.get("LM_LAB_CACHE") or "~/.cache/lm_lab"
         problems = []
         if self.source not in SOURCES:
             problems.append(f"data.source={self.source!r} is unknown; choose one of {list(SOURCES)}")
