@@ -140,21 +140,13 @@ class RunConfig:
 
 def _check_callbacks(callbacks: dict) -> list[str]:
     """The weight-averaging callbacks' settings (the others are Lightning's own and checked by it)."""
-    problems = []
+    from callbacks.averaging import problems
+
+    found = []
     for name, cb in callbacks.items():
-        if not isinstance(cb, dict) or cb.get("_target_") != "callbacks.AveragedWeights":
-            continue
-        kind, decay = cb.get("kind", "ema"), cb.get("decay", 0.999)
-        every, start = cb.get("every_n_steps", 1), cb.get("start_step", 0)
-        if kind not in ("ema", "swa"):
-            problems.append(f"callbacks.{name}.kind={kind!r} is unknown; use ema or swa")
-        if not (isinstance(decay, float | int) and 0 < decay < 1):
-            problems.append(f"callbacks.{name}.decay={decay!r} must be in (0, 1), e.g. 0.999")
-        if not (isinstance(every, int) and every >= 1):
-            problems.append(f"callbacks.{name}.every_n_steps={every!r} must be an integer >= 1")
-        if not (isinstance(start, int) and start >= 0):
-            problems.append(f"callbacks.{name}.start_step={start!r} must be an integer >= 0")
-    return problems
+        if isinstance(cb, dict) and str(cb.get("_target_", "")).endswith("AveragedWeights"):
+            found += problems(f"callbacks.{name}", **{k: v for k, v in cb.items() if k != "_target_"})
+    return found
 
 
 IMPLEMENTED = {"budget": ("none",), "init": ("random", "checkpoint")}  # groups that later work fills

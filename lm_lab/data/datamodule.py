@@ -50,6 +50,7 @@ class LMDataModule(L.LightningDataModule):
         self.train: TokenShards | None = None
         self.val: TokenShards | None = None
         self._restored: dict | None = None
+        self._per_epoch: int | None = None
 
     @property
     def streaming(self) -> bool:
@@ -73,6 +74,7 @@ class LMDataModule(L.LightningDataModule):
         self.val = TokenShards(folder, "val", self.meta)
         if not self.streaming:
             self.train = TokenShards(folder, "train", self.meta)
+        self._per_epoch = None
         problems = []
         if self.train is not None:
             tiles = int(np.maximum(self.train.sizes // self.seq_len - 1, 0).sum())
@@ -159,8 +161,10 @@ class LMDataModule(L.LightningDataModule):
         """Passes over the training split after `global_step` steps (None when streaming: the size is unknown)."""
         if self.streaming or self.train is None:
             return None
-        per_epoch = TrainWindows(self.train, self.seq_len, self.micro_batch_size, self.batch_size, self.seed).per_epoch
-        return self.consumed_micro_batches(global_step) / per_epoch
+        if self._per_epoch is None:  # global micro-batches per pass: fixed once the shards are open
+            windows = TrainWindows(self.train, self.seq_len, self.micro_batch_size, self.batch_size, self.seed)
+            self._per_epoch = windows.per_epoch
+        return self.consumed_micro_batches(global_step) / self._per_epoch
 
     def _identity(self) -> dict:
         """What a resume must match to read the same tokens; a stream's order also depends on how it was split

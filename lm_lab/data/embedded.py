@@ -20,7 +20,7 @@ SKIP_DIRS = frozenset(
 
 class Document(NamedTuple):
     doc_id: str
-    """Stable identifier, e.g. `stdlib/json/decoder.py` or `pydoc/assert`: it decides the split."""
+    """Stable identifier, e.g. `stdlib/json/decoder.py` or `pydoc/assert` (the split is decided by the text)."""
     text: str
 
 

@@ -189,8 +189,6 @@ def prepare(cfg: DataConfig, tok_cfg: TokenizerConfig, *, val_only: bool = False
     out = token_dir(cfg, tok_cfg, val_only)
     if (out / "meta.json").exists():
         return out
-    if val_only and cfg.val_split_tokens is None:
-        raise ConfigError("data.mode=streaming needs data.val_split_tokens (how much validation text to hold out)")
     tokenizer = get_tokenizer(cfg, tok_cfg)
     dtype = token_dtype(tokenizer.vocab_size)
     out.parent.mkdir(parents=True, exist_ok=True)

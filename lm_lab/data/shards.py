@@ -66,13 +66,8 @@ class TokenShards:
     def window(self, shard: int, start: int, length: int) -> np.ndarray:
         return self.maps[shard][start : start + length]
 
-    def concatenated(self, max_tokens: int | None = None) -> np.ndarray:
-        parts, n = [], 0
-        for m in self.maps:
-            take = m if max_tokens is None else m[: max(0, max_tokens - n)]
-            parts.append(np.asarray(take))
-            n += len(take)
-        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    def concatenated(self) -> np.ndarray:
+        return np.concatenate([np.asarray(m) for m in self.maps]) if self.maps else np.zeros(0, np.int64)
 
 
 def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:

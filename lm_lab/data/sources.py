@@ -6,13 +6,12 @@ embedded corpus. Nothing here downloads by hand: hub data goes through `datasets
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from lm_lab.data.config import DataConfig
 from lm_lab.data.embedded import embedded_documents
-from lm_lab.data.tokenizers import reachable
+from lm_lab.data.tokenizers import offline, reachable
 from lm_lab.errors import ConfigError
 
 TEXT_SUFFIXES = {".txt"}
@@ -22,9 +21,7 @@ SAVED_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
 def _offline() -> bool:
-    return any(
-        os.environ.get(k, "0").lower() not in ("0", "", "false") for k in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-    )
+    return offline("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 
 
 def _data_files(root: Path) -> list[Path]:

@@ -203,6 +203,11 @@ def reachable(host: str, timeout: float = 3.0) -> bool:
         return False
 
 
+def offline(*env_vars: str) -> bool:
+    """Whether any of these switches (e.g. HF_HUB_OFFLINE) is on, read as huggingface_hub and datasets read them."""
+    return any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in env_vars)
+
+
 TIKTOKEN_HOST = "openaipublic.blob.core.windows.net"
 
 
@@ -259,11 +264,11 @@ def load_hf(path: str, eot_token: str | None) -> BPETokenizer:
     try:
         file = hf_hub_download(path, "tokenizer.json", local_files_only=True)
     except LocalEntryNotFoundError:
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        if offline or not reachable("huggingface.co"):
+        switched_off = offline("HF_HUB_OFFLINE")
+        if switched_off or not reachable("huggingface.co"):
             raise ConfigError(
                 f"tokenizer.path={path!r} is not in the Hugging Face cache and the hub "
-                f"{'is switched off (HF_HUB_OFFLINE)' if offline else 'cannot be reached'}; on a machine with internet "
+                f"{'is switched off (HF_HUB_OFFLINE)' if switched_off else 'cannot be reached'}; on a machine with internet "
                 f"run `huggingface-cli download {path} tokenizer.json` and copy the cache (HF_HOME), or set "
                 f"tokenizer.path to a local folder holding tokenizer.json"
             ) from None

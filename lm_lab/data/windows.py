@@ -87,10 +87,6 @@ class TrainWindows(IterableDataset):
             yield torch.from_numpy(batch.astype(np.int64))
             local += n_workers
 
-    def epoch_at(self, micro_batches: int) -> float:
-        """Epochs completed after `micro_batches` global micro-batches."""
-        return micro_batches / self.per_epoch
-
 
 class ValWindows(Dataset):
     """Non-overlapping windows from the start of each validation shard (every target token scored once), capped

@@ -7,7 +7,7 @@ and the validation that runs before anything is built.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from lm_lab.errors import raise_if
 
@@ -88,6 +88,3 @@ class ModelConfig:
         if self.vocab_size is None:
             raise_if(["model.vocab_size is not set; give the tokenizer's vocabulary size (GPT-2: 50257)"])
         return math.ceil(self.vocab_size / self.pad_vocab_multiple) * self.pad_vocab_multiple
-
-    def to_dict(self) -> dict:
-        return asdict(self)
