@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lm_lab.checkpoint import check_compatible, read_checkpoint, resume_checkpoint
-from lm_lab.config import RunConfig, register_schemas, world_size_of
+from lm_lab.config import RunConfig, register_schemas, uses_cuda, world_size_of
 from lm_lab.data.prepare import preflight
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json, atomic_write_text
@@ -39,11 +39,11 @@ log = logging.getLogger("lm_lab")
 register_schemas()  # typed defaults for every group, before Hydra composes
 
 
-def resolve_precision(precision: str, accelerator: str) -> str:
+def resolve_precision(precision: str, trainer: dict) -> str:
     """`auto`: bf16-mixed on a CUDA GPU that supports it, full fp32 elsewhere."""
     if precision != "auto":
         return precision
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    on_gpu = uses_cuda(trainer)
     # only GPUs with native bf16 (Ampere and newer); emulated bf16 on older ones is slower than fp32
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported(including_emulation=False) else "32-true"
 
@@ -76,9 +76,7 @@ def train(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     trainer_kwargs = dict(plain["trainer"])
-    trainer_kwargs["precision"] = resolve_precision(
-        trainer_kwargs["precision"], trainer_kwargs.get("accelerator", "auto")
-    )
+    trainer_kwargs["precision"] = resolve_precision(trainer_kwargs["precision"], trainer_kwargs)
     world_size = world_size_of(trainer_kwargs)
 
     # -- 1. check everything; nothing has been read, built or written yet --------------------------------------

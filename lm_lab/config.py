@@ -107,8 +107,7 @@ class RunConfig:
         trainer = cfg.get("trainer") or {}
         optimizer, scheduler = built["optimizer"], built["scheduler"]
         if optimizer is not None:
-            on_gpu = trainer.get("accelerator", "auto") != "cpu" and torch.cuda.is_available()
-            problems += optimizer.check_environment(on_gpu, str(trainer.get("strategy", "auto")))
+            problems += optimizer.check_environment(uses_cuda(trainer), str(trainer.get("strategy", "auto")))
             if optimizer.name == "schedule_free" and scheduler is not None and scheduler.name != "constant":
                 problems.append(
                     f"optimizer.name=schedule_free replaces the LR schedule; use scheduler=constant (with "
@@ -152,11 +151,17 @@ def _check_callbacks(callbacks: dict) -> list[str]:
 IMPLEMENTED = {"budget": ("none",), "init": ("random", "checkpoint")}  # groups that later work fills
 
 
+def uses_cuda(trainer: dict) -> bool:
+    """Whether the Trainer this config builds runs on CUDA GPUs (`auto` picks them when any is visible)."""
+    accelerator = trainer.get("accelerator", "auto")
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def _check_trainer(trainer: dict) -> list[str]:
     accelerator = trainer.get("accelerator", "auto")
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         return [f"trainer.accelerator={accelerator!r} but no CUDA GPU is visible; use trainer=auto or trainer=cpu"]
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    on_cpu = not uses_cuda(trainer)
     precision = str(trainer.get("precision", "32-true"))
     if on_cpu and "16" in precision:  # bf16-mixed, 16-mixed, bf16-true, 16-true
         return [
@@ -168,8 +173,7 @@ def _check_trainer(trainer: dict) -> list[str]:
 def _check_gpu_only(run_model: ModelConfig | None, train: TrainConfig | None, trainer: dict) -> list[str]:
     """Options that need a GPU (or a compiler) and would otherwise fail deep inside torch, later."""
     problems = []
-    accelerator = trainer.get("accelerator", "auto")
-    on_cpu = accelerator == "cpu" or not torch.cuda.is_available()
+    on_cpu = not uses_cuda(trainer)
     if run_model is not None and run_model.attn_impl == "flash":
         if importlib.util.find_spec("flash_attn") is None:
             problems.append(
@@ -284,12 +288,10 @@ def register_schemas() -> None:
 def world_size_of(trainer_cfg: dict) -> int:
     """Processes the Trainer will start, known before it is built (so accumulation can be derived)."""
     devices = trainer_cfg.get("devices", "auto")
-    accelerator = trainer_cfg.get("accelerator", "auto")
     if isinstance(devices, list):
         n = len(devices)
     elif devices in ("auto", -1, "-1"):
-        gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-        n = torch.cuda.device_count() if gpu else 1
+        n = torch.cuda.device_count() if uses_cuda(trainer_cfg) else 1
     else:
         n = int(devices)
     return max(1, n) * int(trainer_cfg.get("num_nodes", 1))
