@@ -192,7 +192,8 @@ def train(cfg: DictConfig) -> dict:
         stop_reason = (
             "interrupted" if trainer.interrupted else "max_steps" if trainer.global_step >= tr.max_steps else "stopped"
         )
-    best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback is not None else None
+    # the callback that keeps the best weights by validation loss (restored on resume), not any ModelCheckpoint
+    best = next((cb.best_model_score for cb in trainer.checkpoint_callbacks if cb.monitor == "val/loss"), None)
 
     has_data = data.val is not None  # False only if the run was stopped while preparing its data
     results = {

@@ -8,6 +8,7 @@ import logging
 import lightning as L
 import torch
 
+from callbacks.cadence import logs_this_step
 from lm_lab.guards import SpikeDetector
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ class LossSpikes(L.Callback):
     ) -> None:
         if isinstance(outputs, dict) and "loss" in outputs:
             self._pending.append(outputs["loss"].detach())
-        if trainer._logger_connector.should_update_logs or trainer.global_step >= trainer.max_steps:
+        if logs_this_step(trainer):
             spikes = self._flush(trainer.global_step)
             pl_module.log("train/loss_spike", float(spikes > 0))
             pl_module.log("train/loss_spikes", float(self.count))

@@ -9,6 +9,8 @@ import torch
 from lightning.fabric.utilities.throughput import Throughput, get_available_flops
 from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
 
+from callbacks.cadence import logs_this_step
+
 
 class TokenThroughput(L.Callback):
     """Logs `train/tokens`, `train/epoch` (when the data module knows it) and `throughput/{tokens_per_sec, tokens_per_sec_per_device, flops_per_sec_per_device, mfu}`.
@@ -37,8 +39,7 @@ class TokenThroughput(L.Callback):
         step = trainer.global_step
         if trainer.fit_loop._should_accumulate():
             return
-        # the logger also writes at the last step (the module asks the run to stop there, after this hook)
-        if not (trainer._logger_connector.should_update_logs or step >= trainer.max_steps):
+        if not logs_this_step(trainer):
             return
         if step == self._last_step:
             return

@@ -2,6 +2,7 @@
 
 lm-lab prepare-data data=NAME tokenizer=NAME [data.num_proc=N ...]   tokenise a corpus once into shards
 lm-lab count --model gpt2_medium [--vocab-size 50257] [--seq-len 1024] [KEY=VALUE ...]   params, FLOPs/token
+lm-lab cooldowns RUN --step K --lengths N1,N2 [--shape 1-sqrt] [KEY=VALUE ...]   fork WSD cooldowns, gather results
 """
 
 from __future__ import annotations

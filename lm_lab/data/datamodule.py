@@ -56,6 +56,9 @@ class LMDataModule(L.LightningDataModule):
     def streaming(self) -> bool:
         return self.cfg.mode == "streaming"
 
+    def _on_cuda(self) -> bool:  # pinned host memory only speeds up copies to a GPU
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
+
     def _rank_world(self) -> tuple[int, int]:
         return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
 
@@ -123,9 +126,7 @@ class LMDataModule(L.LightningDataModule):
                 self.train, self.seq_len, self.micro_batch_size, self.batch_size, self.seed,
                 rank=rank, world=world, start=start,
             )  # fmt: skip
-        return DataLoader(
-            dataset, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available()
-        )
+        return DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self._on_cuda())
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
@@ -133,7 +134,7 @@ class LMDataModule(L.LightningDataModule):
             ValWindows(self.val, self.seq_len, self.val_tokens, rank=rank, world=world),
             batch_size=self.micro_batch_size,
             num_workers=self.cfg.num_workers,
-            pin_memory=torch.cuda.is_available(),
+            pin_memory=self._on_cuda(),
             generator=self._generator(),
         )
 
