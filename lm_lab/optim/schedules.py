@@ -161,26 +161,27 @@ class Schedule:
     def __init__(self, cfg: SchedulerConfig, total_steps: int):
         self.cfg = asdict(cfg)
         self.total_steps = total_steps
+        self.cooldown_steps = cfg.cooldown_length(total_steps) if cfg.name == "wsd" else None
         self.plateau = {"scale": 1.0, "best": None, "bad": 0}
 
     def base(self, step: int) -> float:
-        c = SchedulerConfig(**self.cfg)
-        kw = {"warmup_steps": c.warmup_steps, "start_frac": c.warmup_start_frac, "final_lr_frac": c.final_lr_frac}
-        if c.name == "constant":
-            return warmup(step, c.warmup_steps, c.warmup_start_frac)
-        if c.name == "linear":
+        c = self.cfg  # validated when the SchedulerConfig was built
+        kw = {
+            "warmup_steps": c["warmup_steps"],
+            "start_frac": c["warmup_start_frac"],
+            "final_lr_frac": c["final_lr_frac"],
+        }
+        if c["name"] == "constant":
+            return warmup(step, c["warmup_steps"], c["warmup_start_frac"])
+        if c["name"] == "linear":
             return linear(step, total_steps=self.total_steps, **kw)
-        if c.name == "cosine":
+        if c["name"] == "cosine":
             return cosine(step, total_steps=self.total_steps, **kw)
-        if c.name == "wsd":
+        if c["name"] == "wsd":
             return wsd(
-                step,
-                total_steps=self.total_steps,
-                cooldown_steps=c.cooldown_length(self.total_steps),
-                shape=c.cooldown_shape,
-                **kw,
+                step, total_steps=self.total_steps, cooldown_steps=self.cooldown_steps, shape=c["cooldown_shape"], **kw
             )
-        return cosine_restarts(step, period=c.restart_steps, mult=c.restart_mult, **kw)
+        return cosine_restarts(step, period=c["restart_steps"], mult=c["restart_mult"], **kw)
 
     def __call__(self, step: int) -> float:
         return self.base(step) * self.plateau["scale"]
