@@ -92,9 +92,9 @@ def check_compatible(path: Path, ckpt: dict, model: dict, data: dict, optimizer:
         if key in saved_model and saved_model[key] != model.get(key):
             problems.append(f"model.{key}: checkpoint {saved_model[key]!r}, this run {model.get(key)!r}")
     saved_data = ckpt.get("LMDataModule", {})
-    for key in ("data", "mode", "seq_len", "batch_size", "seed"):
-        if key in saved_data and saved_data[key] != data.get(key):
-            problems.append(f"{key}: checkpoint {saved_data[key]!r}, this run {data.get(key)!r}")
+    for key, value in data.items():  # the keys of the data module's identity this run knows before reading data
+        if key in saved_data and saved_data[key] != value:
+            problems.append(f"{key}: checkpoint {saved_data[key]!r}, this run {value!r}")
     if problems:
         raise ConfigError(
             f"checkpoint {path} does not fit this run ({'; '.join(problems)}); resume with the settings it was "
