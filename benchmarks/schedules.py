@@ -47,7 +47,7 @@ def main() -> None:
             cmd = [
                 sys.executable, "run.py", f"model={args.model}", *overrides, f"scheduler.warmup_steps={args.warmup}",
                 f"optimizer.lr={args.lr}", f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.val_every={args.steps // 4}",
-                "ckpt_path=null", "~callbacks.progress_bar", "+trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
+                "ckpt_path=null", "~callbacks.progress_bar", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
             ]  # fmt: skip
             subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
             results = json.loads((run_dir / "results.json").read_text())

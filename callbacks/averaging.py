@@ -18,26 +18,12 @@ from lightning.pytorch.callbacks import WeightAveraging
 from torch.optim.swa_utils import get_ema_avg_fn
 from torchmetrics import MeanMetric
 
-
-def problems(where: str, kind="ema", decay=0.999, start_step=0, every_n_steps=1, **unknown) -> list[str]:
-    """What is wrong with these settings, each naming the field at `where` (e.g. `callbacks.ema`)."""
-    found = [f"{where}.{k} is not a setting; use kind, decay, start_step, every_n_steps" for k in unknown]
-    if kind not in ("ema", "swa"):
-        found.append(f"{where}.kind={kind!r} is unknown; use ema or swa")
-    if not (isinstance(decay, float | int) and 0 < decay < 1):
-        found.append(f"{where}.decay={decay!r} must be in (0, 1), e.g. 0.999")
-    if not (isinstance(every_n_steps, int) and every_n_steps >= 1):
-        found.append(f"{where}.every_n_steps={every_n_steps!r} must be an integer >= 1")
-    if not (isinstance(start_step, int) and start_step >= 0):
-        found.append(f"{where}.start_step={start_step!r} must be an integer >= 0")
-    return found
+from lm_lab.optim.averaging import AveragingConfig
 
 
 class AveragedWeights(WeightAveraging):
     def __init__(self, kind: str = "ema", decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1):
-        found = problems("AveragedWeights", kind, decay, start_step, every_n_steps)  # lm_lab.config checks first
-        if found:
-            raise ValueError("; ".join(found))
+        AveragingConfig(kind, decay, start_step, every_n_steps)  # lm_lab.config checks a configured one first
         # EMA: w <- decay * w + (1 - decay) * theta; SWA: the equal-weight mean of every update averaged in
         super().__init__(use_buffers=True, **({"avg_fn": get_ema_avg_fn(decay)} if kind == "ema" else {}))
         self.kind, self.start_step, self.every_n_steps = kind, start_step, every_n_steps

@@ -2,28 +2,86 @@
 
 It saves after every validation (so a resumed run never skips or repeats one), every `every_n_steps`
 optimizer steps and every `every_minutes` minutes of training, always at a step boundary: never in the
-middle of gradient accumulation, and never just before a validation (which saves right after). Writes go
-through the trainer's checkpoint IO, atomic in this lab. The best weights by validation loss are kept by
-Lightning's `ModelCheckpoint` beside it.
+middle of gradient accumulation, and never just before a validation (which saves right after). It runs
+after every other callback (`fit` orders it last, behind Lightning's `ModelCheckpoint`), so a checkpoint
+holds the step's weight average, spike-monitor state and best-checkpoint bookkeeping. Writes go through the
+trainer's checkpoint IO, atomic in this lab. Besides:
+
+- weights that are not finite are never saved (the run stops with the last checkpoint intact);
+- SIGTERM or SIGINT (SLURM's warning before a time limit, Ctrl-C) saves at the next step boundary and stops
+  the run (a second Ctrl-C stops at once);
+- the checkpoint records which TensorBoard steps are complete, and the metrics Lightning logs just after a
+  step checkpoint, so a resumed run's curve equals the uninterrupted one step for step;
+- on resume, best checkpoints of a killed start that the restored bookkeeping does not know are deleted.
 """
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
 import time
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
+
+from lm_lab.guards import NonFiniteError, StopRequested
+
+log = logging.getLogger(__name__)
 
 
-class LastCheckpoint(L.Callback):
-    def __init__(self, dirpath: str, every_n_steps: int | None = 100, every_minutes: float | None = 30.0):
+class LastCheckpoint(Checkpoint):
+    def __init__(self, dirpath: str, every_n_steps: int | None = 100, every_minutes: float | None = 30.0,
+                 stop_on_signals: bool = True):  # fmt: skip
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes
-        self._since = time.monotonic()
+        self.stop_on_signals = stop_on_signals
+        self.clock = time.monotonic  # a test may replace it
+        self._since = self.clock()
+        self._trainer: L.Trainer | None = None
+        self._signal: str | None = None
+        self._previous_handlers: dict = {}
+        self._restored: dict = {}
+
+    # -- when to save ------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._since = time.monotonic()
+        self._since = self.clock()
+        pending = self._restored.get("pending")
+        if pending and trainer.global_step == self._restored.get("global_step"):
+            for logger in trainer.loggers:  # the metrics a killed start was about to log after this checkpoint
+                logger.log_metrics(pending, step=self._restored["log_from"])
+                logger.save()
+        self._restored = {}
+        if trainer.is_global_zero:
+            _prune_unknown_best(trainer)
+        if self.stop_on_signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self._signal = name
+        log.warning("%s received: saving at the next step boundary, then stopping", name)
+
+    def _restore_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers = {}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore_handlers()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore_handlers()
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
@@ -31,20 +89,72 @@ class LastCheckpoint(L.Callback):
         if trainer.fit_loop._should_accumulate():
             return  # mid-accumulation: a resume could not restart here
         step = trainer.global_step
+        stop = self._stop_requested(trainer)
         validation_follows = (
             trainer.fit_loop.total_batch_idx + 1
         ) % trainer.val_check_batch == 0 or step >= trainer.max_steps
-        if validation_follows:
+        if validation_follows and not stop:
             return
         by_steps = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        by_time = bool(self.every_minutes) and time.monotonic() - self._since >= 60 * self.every_minutes
-        if by_steps or by_time:
-            self._save(trainer)
+        by_time = bool(self.every_minutes) and self.clock() - self._since >= 60 * self.every_minutes
+        if by_steps or by_time or stop:
+            self._save(trainer, pl_module)
+        if stop:
+            raise StopRequested(f"{self._signal or 'a stop signal'} received")
+
+    def _stop_requested(self, trainer: L.Trainer) -> bool:
+        wanted = self._signal is not None
+        if trainer.world_size > 1:  # every rank stops at the same step
+            wanted = trainer.strategy.reduce_boolean_decision(wanted, all=False)
+        return wanted
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._save(trainer)
+            self._save(trainer, pl_module)
 
-    def _save(self, trainer: L.Trainer) -> None:
+    def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        finite = torch.stack([p.isfinite().all() for p in pl_module.parameters()]).all()
+        if not finite:  # one synchronisation per checkpoint
+            raise NonFiniteError(
+                f"the weights are non-finite after step {trainer.global_step}; they were not saved and the last "
+                f"checkpoint is untouched: resume with a lower optimizer.lr"
+            )
         trainer.save_checkpoint(self.path, weights_only=False)  # the full state; every rank calls it, rank 0 writes
-        self._since = time.monotonic()
+        self._since = self.clock()
+
+    # -- what the checkpoint records about the logs --------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """`log_from`: the first TensorBoard step a resumed run must log again (Lightning logs step k as k - 1);
+        `pending`: at a step checkpoint, the step's metrics that Lightning writes only after this checkpoint."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
+            return {}
+        log_step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        state = {"global_step": trainer.global_step, "log_from": log_step + 1, "pending": None}
+        if trainer.training:  # saved in on_train_batch_end: this step's metrics are not logged yet
+            state["log_from"] = log_step
+            connector = trainer._logger_connector
+            if connector.should_update_logs or trainer.global_step >= trainer.max_steps:
+                metrics = {k: float(v) for k, v in connector.metrics["log"].items()}
+                state["pending"] = {**metrics, "epoch": float(trainer.current_epoch)} if metrics else None
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._restored = dict(state)
+
+
+def _prune_unknown_best(trainer: L.Trainer) -> None:
+    """Delete `best-*` files in a ModelCheckpoint's folder that its restored bookkeeping does not hold: a start
+    killed between saving a new best and deleting the old one leaves the old one behind for good otherwise."""
+    for cb in trainer.checkpoint_callbacks:
+        if not isinstance(cb, ModelCheckpoint) or cb.monitor is None or cb.save_top_k < 1 or not cb.dirpath:
+            continue
+        prefix = cb.filename.split("{")[0] if cb.filename else ""
+        if not prefix:
+            continue
+        known = {str(Path(p).resolve()) for p in cb.best_k_models} | {str(Path(cb.best_model_path).resolve())}
+        for path in Path(cb.dirpath).glob(f"{prefix}*.ckpt"):
+            if str(path.resolve()) not in known:
+                log.info("removing %s: a best checkpoint the resumed run does not keep", path)
+                path.unlink()

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lm_lab.errors import ConfigError
+from lm_lab.models import GPT, ModelConfig
+from lm_lab.optim import OptimizerConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,27 +82,136 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> tuple[Path
     return None, None
 
 
-def check_compatible(path: Path, ckpt: dict, model: dict, data: dict, optimizer: str | None = None) -> None:
-    """Refuse, before anything is written, a checkpoint whose model, optimizer or batch geometry differs from
-    this run's: its weights or optimizer state would not load, or the data it restores would be other tokens
-    than it read."""
+def model_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+    """The state-dict shapes of the model `cfg` builds, from a model on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        model = GPT(cfg)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
+    """The model's tensors in a lab checkpoint (the LightningModule's `model.` prefix removed)."""
+    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
+def tensor_problems(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], limit: int = 6) -> list[str]:
+    """Missing, unexpected and mismatched tensors of `found` against the shapes a model expects, named."""
+
+    def names(keys: list[str]) -> str:
+        more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+        return ", ".join(keys[:limit]) + more
+
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    mismatched = [f"{k} {tuple(found[k].shape)} vs {tuple(v)}" for k, v in expected.items() if k in found and found[k].shape != v]  # fmt: skip
     problems = []
-    saved_optimizer = ckpt.get("hyper_parameters", {}).get("optimizer", {}).get("name")
-    if optimizer is not None and saved_optimizer is not None and saved_optimizer != optimizer:
-        problems.append(f"optimizer.name: checkpoint {saved_optimizer!r}, this run {optimizer!r}")
-    saved_model = ckpt.get("hyper_parameters", {}).get("model", {})
-    for key in ("n_layer", "n_head", "d_model", "d_ff", "block_size", "vocab_size", "pad_vocab_multiple", "bias"):
-        if key in saved_model and saved_model[key] != model.get(key):
-            problems.append(f"model.{key}: checkpoint {saved_model[key]!r}, this run {model.get(key)!r}")
+    if missing:
+        problems.append(f"missing tensors: {names(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {names(unexpected)}")
+    if mismatched:
+        problems.append(f"mismatched shapes (checkpoint vs this model): {names(mismatched)}")
+    return problems
+
+
+# the data settings that decide which tokens a run reads (a resume or fork with others would read other tokens)
+DATA_IDENTITY = ("source", "path", "config", "revision", "split", "text_field", "mode", "val_fraction",
+                 "val_split_tokens", "val_from")  # fmt: skip
+
+
+def check_compatible(path: Path, ckpt: dict, run) -> None:
+    """Refuse, before anything is written, a checkpoint this run cannot continue: its tensors do not fit the
+    model this run builds (judged by comparing shapes with a meta-built model), its optimizer is another, or
+    the data it restores would be other tokens than it read."""
+    saved = ckpt.get("hyper_parameters", {})
+    problems = tensor_problems(model_shapes(run.model), model_state(ckpt))
+    if problems:  # name the config fields that differ, the likely cause
+        saved_model = saved.get("model", {})
+        mine = asdict(run.model)
+        problems = [f"model.{k}: checkpoint {v!r}, this run {mine[k]!r}" for k, v in saved_model.items()
+                    if k in mine and k != "name" and v != mine[k]] + problems  # fmt: skip
+    saved_optimizer = saved.get("optimizer", {}).get("name")
+    if saved_optimizer is not None and saved_optimizer != run.optimizer.name:
+        problems.append(f"optimizer.name: checkpoint {saved_optimizer!r}, this run {run.optimizer.name!r}")
     saved_data = ckpt.get("LMDataModule", {})
-    for key, value in data.items():  # the keys of the data module's identity this run knows before reading data
+    identity = {"data": run.data.name, "mode": run.data.mode, "seq_len": run.train.seq_len,
+                "batch_size": run.train.batch_size, "seed": run.train.seed}  # fmt: skip
+    for key, value in identity.items():
         if key in saved_data and saved_data[key] != value:
-            problems.append(f"{key}: checkpoint {saved_data[key]!r}, this run {value!r}")
+            problems.append(f"{'data.name' if key == 'data' else key}: checkpoint {saved_data[key]!r}, this run {value!r}")
+    mine = asdict(run.data)
+    for key in DATA_IDENTITY:
+        if saved.get("data") and key in saved["data"] and saved["data"][key] != mine[key] and key != "mode":
+            problems.append(f"data.{key}: checkpoint {saved['data'][key]!r}, this run {mine[key]!r}")
     if problems:
         raise ConfigError(
             f"checkpoint {path} does not fit this run ({'; '.join(problems)}); resume with the settings it was "
             f"trained with, or start afresh in another hydra.run.dir (or with ckpt_path=null)"
         )
+
+
+def check_fork_optimizer(path: Path, ckpt: dict, optimizer: OptimizerConfig, allow: bool = False) -> None:
+    """A fork continues one trajectory: with another peak LR, betas or weight decay it would match no single run
+    (a cooldown fork must equal one WSD run), so a difference is refused unless `allow`."""
+    saved = ckpt.get("hyper_parameters", {}).get("optimizer", {})
+    mine = asdict(optimizer)
+    differ = [f"optimizer.{k}: source {saved[k]!r}, fork {mine[k]!r}" for k in ("lr", "betas", "weight_decay")
+              if k in saved and tuple(_list(saved[k])) != tuple(_list(mine[k]))]  # fmt: skip
+    if differ and not allow:
+        raise ConfigError(
+            f"init=fork of {path} changes the optimizer ({'; '.join(differ)}); use the source run's settings, or "
+            f"set init.allow_optimizer_change=true to fork on purpose with others"
+        )
+
+
+def _list(value) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def start_weights(init, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """`init=weights`: the model weights of the checkpoint at `init.path`, mapped by `init.map` onto the model
+    `model_cfg` builds, and checked to fit it exactly (a ConfigError names every tensor that does not)."""
+    path = Path(init.path).expanduser()
+    source_cfg, state = read_model_state(path)
+    fn = init.map_fn()
+    if fn is not None:
+        state = fn(state, source_cfg, model_cfg)
+    problems = tensor_problems(model_shapes(model_cfg), state)
+    if problems:
+        how = f"init.map={init.map!r}" if fn is not None else "no init.map (weights as they are)"
+        raise ConfigError(
+            f"the weights of {path} ({source_cfg.name}: {source_cfg.n_layer} layers, d_model {source_cfg.d_model}) "
+            f"do not fit this model ({model_cfg.n_layer} layers, d_model {model_cfg.d_model}) with {how}: "
+            + "; ".join(problems)
+        )
+    return state
+
+
+def read_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The model config and weights of a lab checkpoint file or run directory (its checkpoints/last.ckpt)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if not path.is_file():
+        raise ConfigError(f"{path} not found; give a lab checkpoint (RUN/checkpoints/last.ckpt) or a run directory")
+    ckpt = read_checkpoint(path)
+    saved = ckpt.get("hyper_parameters", {}).get("model")
+    if saved is None:
+        raise ConfigError(f"checkpoint {path} has no model config (hyper_parameters.model): not an lm_lab checkpoint")
+    return ModelConfig(**saved), model_state(ckpt)
+
+
+def load_model(path: str | Path) -> tuple[ModelConfig, GPT]:
+    """Any lab checkpoint (or run directory) as its config and the model with its weights, in eval mode.
+
+    Schedule-free checkpoints hold the evaluation weights x (see `LMModule`), so this is always the model to
+    evaluate, sample from or export."""
+    cfg, state = read_model_state(path)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.load_state_dict(state, assign=True)  # the checkpoint's tensors become the parameters: no second copy
+    model.lm_head.weight = model.wte.weight  # assign=True replaced the tied tensor: tie it again
+    return cfg, model.eval()
 
 
 def rng_state(gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict:

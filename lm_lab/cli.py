@@ -1,8 +1,9 @@
-"""`lm-lab`: the lab's tools beside training (training itself is `python run.py`).
+"""`lm-lab`: the lab's tools beside training (training itself is `python run.py`, or `lm_lab.train.fit`).
 
 lm-lab prepare-data data=NAME tokenizer=NAME [data.num_proc=N ...]   tokenise a corpus once into shards
 lm-lab count --model gpt2_medium [--vocab-size 50257] [--seq-len 1024] [KEY=VALUE ...]   params, FLOPs/token
 lm-lab cooldowns RUN --step K --lengths N1,N2 [--shape 1-sqrt] [KEY=VALUE ...]   fork WSD cooldowns, gather results
+lm-lab sample CKPT --prompt TEXT [--tokens N --temperature T --top-k K --seed S]   text from a trained model
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from lm_lab.config import CONF_DIR, compose
+from lm_lab.config import compose
 from lm_lab.errors import ConfigError
 from lm_lab.models import ModelConfig, chinchilla_flops_per_token, flops_per_token, non_embedding_params, param_count
 from lm_lab.optim import SchedulerConfig
+from lm_lab.results import Results
 
 
 def load_model_config(name: str, overrides: list[str], vocab_size: int) -> ModelConfig:
@@ -78,11 +80,16 @@ FORK_DROPS = ("scheduler", "init", "ckpt_path", "name", "train.max_steps", "hydr
 
 def cooldowns(args: argparse.Namespace) -> dict:
     """Fork cooldowns of several lengths from one checkpoint of a stable run (Hägele et al. 2024 §3: one run
-    plus short cooldowns give a family of training lengths), run them, and gather their results."""
+    plus short cooldowns give a family of training lengths), run them one after another in this process, and
+    gather their results."""
     import csv
-    import subprocess
+    import logging
+
+    from lm_lab.launch import fit_from_config
 
     source = Path(args.run_dir)
+    if not (source / "config.yaml").is_file() or not (source / "checkpoints").is_dir():
+        raise ConfigError(f"{source} is not a run directory of the lab (no config.yaml and checkpoints/ in it)")
     config = OmegaConf.load(source / "config.yaml")
     ckpt = source / "checkpoints" / f"step{args.step}.ckpt"
     if not ckpt.exists():
@@ -107,21 +114,24 @@ def cooldowns(args: argparse.Namespace) -> dict:
         o for o in previous if not o.lstrip("+~").startswith(FORK_DROPS) and o.lstrip("+~").split("=")[0] not in mine
     ]
     sweep = source / "cooldowns" / f"step{args.step}"
-    command = [
-        sys.executable, str(CONF_DIR.parent / "run.py"), "-m", *kept, "callbacks=default", "scheduler=wsd",
-        f"scheduler.warmup_steps={sched.warmup_steps}", f"scheduler.warmup_start_frac={sched.warmup_start_frac}",
-        f"scheduler.cooldown_shape={args.shape}", f"scheduler.final_lr_frac={args.final_lr_frac}",
-        f"scheduler.cooldown_steps={','.join(str(n) for n in args.lengths)}", "init=checkpoint", f"init.path={ckpt}",
-        f"name={config.name}_cooldowns", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=cooldown${scheduler.cooldown_steps}",
-        *args.overrides,
+    common = [
+        *kept, "callbacks=default", "scheduler=wsd", f"scheduler.warmup_steps={sched.warmup_steps}",
+        f"scheduler.warmup_start_frac={sched.warmup_start_frac}", f"scheduler.cooldown_shape={args.shape}",
+        f"scheduler.final_lr_frac={args.final_lr_frac}", "init=fork", f"init.path={ckpt}", f"name={config.name}_cooldowns",
     ]  # fmt: skip
-    print(" ".join(command), file=sys.stderr)
+    forks = {n: [*common, f"scheduler.cooldown_steps={n}", *args.overrides] for n in args.lengths}
     if args.dry_run:
-        return {"command": command}
-    subprocess.run(command, check=True, cwd=CONF_DIR.parent, stdout=sys.stderr)  # stdout: the JSON summary only
+        return {"runs": {str(sweep / f"cooldown{n}"): overrides for n, overrides in forks.items()}}
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for n, overrides in forks.items():  # stdout: the JSON summary only
+        print(f"cooldown of {n} steps from step {args.step}: {sweep / f'cooldown{n}'}", file=sys.stderr)
+        cfg = compose([*overrides, f"run_dir={sweep / f'cooldown{n}'}"])
+        results = fit_from_config(cfg, overrides)
+        if results.stop_reason != "max_steps":
+            raise ConfigError(f"the cooldown of {n} steps stopped early ({results.stop_reason}: {results.failure})")
     rows = []
     for n in args.lengths:
-        results = json.loads((sweep / f"cooldown{n}" / "results.json").read_text())
+        results = Results.load(sweep / f"cooldown{n}").to_dict()
         row = {"fork_step": args.step, "cooldown_steps": n}
         row.update({k: results[k] for k in ("steps", "tokens", "flops", "val_loss", "best_val_loss", "wall_seconds")})
         rows.append(row)
@@ -132,6 +142,24 @@ def cooldowns(args: argparse.Namespace) -> dict:
     return {"sweep": str(sweep), "csv": str(sweep / "cooldowns.csv"), "runs": rows}
 
 
+def sample(args: argparse.Namespace) -> str:
+    from lm_lab.sample import sample as generate_text
+
+    top_k = None if args.top_k == 0 else args.top_k
+    return generate_text(args.checkpoint, args.prompt, tokens=args.tokens, temperature=args.temperature,
+                         top_k=top_k, seed=args.seed)  # fmt: skip
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive integer")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="lm-lab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -139,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("count", help="parameter counts and training FLOPs per token of a model config")
     p.add_argument("--model", default="gpt2_small", help="a conf/model name (default gpt2_small)")
-    p.add_argument("--vocab-size", type=int, default=50257, help="vocabulary size (default 50257, GPT-2's)")
-    p.add_argument("--seq-len", type=int, default=None, help="training sequence length (default block_size)")
+    p.add_argument("--vocab-size", type=_positive, default=50257, help="vocabulary size (default 50257, GPT-2's)")
+    p.add_argument("--seq-len", type=_positive, default=None, help="training sequence length (default block_size)")
     p.add_argument("overrides", nargs="*", help="model field overrides, e.g. n_layer=16")
     p.set_defaults(func=count)
     p = sub.add_parser("cooldowns", help="fork cooldowns of several lengths from a stable run's checkpoint")
@@ -149,9 +177,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", type=_int_list, required=True, help="cooldown lengths in steps, e.g. 200,400,800")
     p.add_argument("--shape", default="1-sqrt", help="cooldown shape (default 1-sqrt, Hägele et al.'s best)")
     p.add_argument("--final-lr-frac", type=float, default=0.0, help="LR at the end of the cooldown (default 0)")
-    p.add_argument("--dry-run", action="store_true", help="print the multirun command, run nothing")
+    p.add_argument("--dry-run", action="store_true", help="print each fork's overrides, run nothing")
     p.add_argument("overrides", nargs="*", help="extra overrides for every fork")
     p.set_defaults(func=cooldowns)
+    p = sub.add_parser("sample", help="generate text from a lab checkpoint (file or run directory)")
+    p.add_argument("checkpoint", help="a checkpoint (RUN/checkpoints/last.ckpt) or a run directory")
+    p.add_argument("--prompt", default="", help="the text to continue (default: a new document)")
+    p.add_argument("--tokens", type=_positive, default=100, help="tokens to generate (default 100)")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature; 0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the K likeliest tokens; 0: all (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
+    p.set_defaults(func=sample)
     p = sub.add_parser("prepare-data", help="tokenise a corpus once into sharded token files (cached)")
     p.add_argument(
         "overrides", nargs="*", help="config overrides as for run.py, e.g. data=slimpajama_6b tokenizer=gpt2"
@@ -162,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.startswith("-") for r in rest):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = [*args.overrides, *rest]
+    if args.func is sample and args.overrides:
+        parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     try:
-        print(json.dumps(args.func(args), indent=2))
+        out = args.func(args)
+        print(out if isinstance(out, str) else json.dumps(out, indent=2))
     except ConfigError as e:
         for line in e.problems:
             print(f"error: {line}", file=sys.stderr)

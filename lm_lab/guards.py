@@ -12,6 +12,10 @@ class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient norm under `train.on_nonfinite=stop` (or too many skipped in a row)."""
 
 
+class StopRequested(Exception):
+    """Raised at a step boundary, right after the checkpoint, when SIGTERM or SIGINT asked the run to stop."""
+
+
 class SpikeDetector:
     """Flags values far above their recent history: x > mean + k * std and x > (1 + min_rise) * mean, over an
     exponential moving average with time constant `window` steps. The first `warmup` values only feed the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict
 
 import lightning as L
@@ -39,7 +40,11 @@ class LMModule(L.LightningModule):
         on_nonfinite: str = "stop",
         max_skipped_steps: int = 10,
         compile: bool = False,
+        tokenizer: dict | None = None,
+        data: dict | None = None,
     ):
+        """`tokenizer`, `data`: the run's tokenizer and corpus settings, recorded in the checkpoint for tools
+        that read a model back with its tokenizer (`lm-lab sample`)."""
         super().__init__()
         self.model_config = _as(ModelConfig, model)
         self.optimizer_config = _as(OptimizerConfig, optimizer)
@@ -57,6 +62,8 @@ class LMModule(L.LightningModule):
                 "on_nonfinite": on_nonfinite,
                 "max_skipped_steps": max_skipped_steps,
                 "compile": compile,
+                "tokenizer": tokenizer,
+                "data": data,
             }
         )
         self.model = GPT(self.model_config)
@@ -68,6 +75,11 @@ class LMModule(L.LightningModule):
         self._skipped_in_a_row = 0
         self._last_loss: torch.Tensor | None = None
         self._rng_to_restore: dict | None = None
+        self.val_key = "val/loss"  # fit() scores the final weights under `val/loss_final` on other tokens
+        # what the run's trajectory cost so far, over every start (restored from checkpoints)
+        self.starts = 1
+        self.train_seconds_before = 0.0
+        self._fit_started: float | None = None
 
     def flops_per_token(self, seq_len: int) -> int:
         return flops_per_token(self.model_config, seq_len)
@@ -98,8 +110,15 @@ class LMModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         loss = self.val_loss.compute()  # token-weighted mean over the whole validation set, all ranks
         self.val_loss.reset()
-        self.log("val/loss", loss, prog_bar=True)
-        self.log("val/ppl", torch.exp(loss))
+        if not torch.isfinite(loss) and not self.trainer.sanity_checking:
+            # before any checkpoint callback's on_validation_end: weights that score non-finite are never saved
+            raise NonFiniteError(
+                f"non-finite validation loss ({loss.item()}) at step {self.global_step}; the weights were not saved "
+                f"and the last checkpoint is untouched: resume with a lower optimizer.lr"
+            )
+        self.log(self.val_key, loss, prog_bar=self.val_key == "val/loss")
+        if self.val_key == "val/loss":
+            self.log("val/ppl", torch.exp(loss))
         if not self.trainer.sanity_checking:
             self.last_val_step = self.global_step
             schedule = self._schedule()
@@ -183,6 +202,14 @@ class LMModule(L.LightningModule):
 
     # -- resuming exactly ----------------------------------------------------------------------------------
 
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
+
+    def train_seconds(self) -> float:
+        """Training seconds of the trajectory so far: earlier starts (to their checkpoints) plus this one."""
+        now = time.monotonic() - self._fit_started if self._fit_started is not None else 0.0
+        return self.train_seconds_before + now
+
     def on_train_start(self) -> None:
         check = getattr(self.trainer.datamodule, "check_position", None)
         if check is not None:  # the data must resume exactly where the restored step left it
@@ -222,7 +249,41 @@ class LMModule(L.LightningModule):
         gather = (lambda t: self.all_gather(t.to(self.device)).cpu()) if self.trainer.world_size > 1 else None
         checkpoint["rng"] = rng_state(gather=gather)
         checkpoint["skipped_steps"] = [self.skipped_steps, self._skipped_in_a_row]
+        checkpoint["cost"] = {"train_seconds": self.train_seconds(), "starts": self.starts}
+        if self.optimizer_config.name == "schedule_free" and self.trainer.optimizers:
+            self._save_schedule_free_weights(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng")
         self.skipped_steps, self._skipped_in_a_row = checkpoint.get("skipped_steps", [0, 0])
+        cost = checkpoint.get("cost", {})
+        self.train_seconds_before = cost.get("train_seconds", 0.0)
+        self.starts = cost.get("starts", 0) + 1
+        train_weights = checkpoint.get("schedule_free_train_weights")
+        if train_weights is not None:  # resume from y, the sequence the gradients are taken at
+            checkpoint["state_dict"].update({f"model.{k}": v for k, v in train_weights.items()})
+
+    # Schedule-free AdamW (Defazio et al. 2024) keeps y (where gradients are taken, the weights in train mode), z
+    # and their average x (the weights to evaluate); its authors: store x in checkpoints. So the state_dict of
+    # every checkpoint holds x, for exports, forks' evaluation and analysis, and `schedule_free_train_weights`
+    # holds y, computed exactly as the optimizer's own mode switch would, so a resume continues bit for bit.
+    @torch.no_grad()
+    def _save_schedule_free_weights(self, checkpoint: dict) -> None:
+        optimizer = self.trainer.optimizers[0]
+        group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        xs, ys = {}, {}
+        for name, p in self.model.state_dict(keep_vars=True).items():
+            state = optimizer.state.get(p, {}) if isinstance(p, torch.nn.Parameter) else {}
+            if "z" not in state:
+                xs[name] = ys[name] = p.detach()
+                continue
+            group, z = group_of[id(p)], state["z"].to(p.device)
+            beta1 = group["betas"][0]
+            if group["train_mode"]:  # p is y; x as in optimizer.eval()
+                ys[name], xs[name] = p.detach().clone(), torch.lerp(p.detach(), z, 1 - 1 / beta1)
+            else:  # p is x; y as optimizer.train() will make it
+                xs[name], ys[name] = p.detach().clone(), torch.lerp(p.detach(), z, 1 - beta1)
+        checkpoint["state_dict"].update({f"model.{k}": v for k, v in xs.items()})
+        checkpoint["schedule_free_train_weights"] = ys
+        for group in checkpoint["optimizer_states"][0]["param_groups"]:
+            group["train_mode"] = True  # its parameters are restored as y

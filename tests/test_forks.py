@@ -14,7 +14,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = [
     "experiment=smoke", "trainer=cpu", "model.dropout=0.1", "scheduler.warmup_steps=5", "train.val_every=5",
-    "~callbacks.progress_bar", "+trainer.enable_progress_bar=false",
+    "~callbacks.progress_bar", "trainer.enable_progress_bar=false",
     "+callbacks.losses._target_=tests.helpers.LossRecorder", "+callbacks.losses.path=${run_dir}/losses.jsonl",
 ]  # fmt: skip
 

@@ -28,7 +28,7 @@ def command(run_dir: Path, losses: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "run.py", "experiment=smoke", "trainer=cpu", "train.max_steps=30", "train.val_every=10",
         "model.dropout=0.1", "callbacks.last_checkpoint.every_n_steps=5", "~callbacks.progress_bar",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
         "+callbacks.losses._target_=tests.helpers.LossRecorder", f"+callbacks.losses.path={losses}",
         f"hydra.run.dir={run_dir}", *extra,
     ]  # fmt: skip

@@ -1,7 +1,7 @@
 """`ModelConfig`: the one dataclass that describes every model of the family.
 
-Named sizes live in `conf/model/*.yaml`; this file holds the defaults (GPT-2 small, Radford et al. 2019)
-and the validation that runs before anything is built.
+Named sizes are `ModelConfig.preset(name)` (`presets.py`, mirrored by `conf/model/*.yaml`); this file holds the
+defaults (GPT-2 small, Radford et al. 2019) and the validation that runs before anything is built.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from lm_lab.errors import raise_if
+from lm_lab.errors import ConfigError, raise_if
+from lm_lab.models.presets import PRESETS
 
 
 @dataclass
@@ -78,6 +79,13 @@ class ModelConfig:
         if self.attn_impl not in ("auto", "sdpa", "flash"):
             problems.append(f"model.attn_impl={self.attn_impl!r} is unknown; choose auto, sdpa or flash")
         raise_if(problems)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ModelConfig:
+        """A named size (`gpt2_tiny`, `gpt2_small`, `gpt2_medium`, ...), as `model=NAME` builds it, with overrides."""
+        if name not in PRESETS:
+            raise ConfigError(f"model preset {name!r} is unknown; choose one of {sorted(PRESETS)}")
+        return cls(**{"name": name, **PRESETS[name], **overrides})
 
     @property
     def head_dim(self) -> int:

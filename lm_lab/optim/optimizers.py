@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 
 import torch
@@ -42,13 +43,13 @@ class OptimizerConfig:
         problems = []
         if self.name not in OPTIMIZERS:
             problems.append(f"optimizer.name={self.name!r} is unknown; choose one of {list(OPTIMIZERS)}")
-        if not (isinstance(self.lr, float | int) and self.lr > 0):
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
             problems.append(f"optimizer.lr={self.lr!r} must be a positive number, e.g. 1e-3")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
-        if self.weight_decay < 0:
+        if not math.isfinite(self.weight_decay) or self.weight_decay < 0:
             problems.append(f"optimizer.weight_decay={self.weight_decay} must be >= 0")
-        if self.grad_clip is not None and self.grad_clip < 0:
+        if self.grad_clip is not None and (math.isnan(self.grad_clip) or self.grad_clip < 0):
             problems.append(f"optimizer.grad_clip={self.grad_clip} must be >= 0 (or null for no clipping)")
         if self.warmup_steps < 0:
             problems.append(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0")

@@ -26,8 +26,9 @@ class SchedulerConfig:
     name: str = "cosine"
     """`constant`, `linear` (to `final_lr_frac`), `cosine` (to `final_lr_frac`), `wsd` (warmup-stable-decay:
     constant, then a cooldown) or `cosine_restarts` (SGDR, Loshchilov & Hutter 2017)."""
-    warmup_steps: int = 300
-    """Linear warmup to the peak LR (Hägele et al. 2024: 300 steps for most runs)."""
+    warmup_steps: int = 40
+    """Linear warmup to the peak LR (the main job's 40; Hägele et al. 2024 use 300 for most runs, see
+    conf/recipe/hagele.yaml)."""
     warmup_start_frac: float = 0.01
     """LR at the first step as a fraction of the peak (their code: max_lr / init_div_factor, 100)."""
     final_lr_frac: float = 0.1
@@ -35,7 +36,7 @@ class SchedulerConfig:
     cooldown_frac: float = 0.2
     """`wsd`: cooldown length as a fraction of the run (20% matches cosine, Hägele et al. §3)."""
     cooldown_steps: int | None = None
-    """`wsd`: cooldown length in steps (overrides cooldown_frac); with `init=checkpoint` the run's length is
+    """`wsd`: cooldown length in steps (overrides cooldown_frac); with `init=fork` the run's length is
     derived from it: a cooldown fork of N steps from step k ends at k + N."""
     cooldown_shape: str = "1-sqrt"
     """`wsd`: `1-sqrt` (best in Hägele et al. §3), `linear`, `cosine`, `mirror_cosine`, `square` or `exp`."""

@@ -1,0 +1,73 @@
+"""Hydra at the edge: a composed config -> typed `RunConfig` + instantiated callbacks and loggers -> `fit`.
+
+`run.py` (the command line) and `lm-lab cooldowns` (in-process forks) both come through here; library users
+call `lm_lab.train.fit` directly with a `RunConfig`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from omegaconf import DictConfig, OmegaConf
+
+from lm_lab.config import DERIVED_TRAINER_ARGS, RunConfig
+from lm_lab.errors import ConfigError
+from lm_lab.results import Results
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES = {"max_steps": 0, "stopped": 0, "interrupted": 130, "non_finite": 3, "failed": 1}
+
+
+def fit_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> Results:
+    """Train the run a composed Hydra config describes (`run_dir` and `ckpt_path` from its root)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from lm_lab.train import fit
+
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    run = RunConfig.from_dict(plain)  # every group checked, every `_target_` importable: before any work
+
+    def build(where: str, node):
+        try:
+            return instantiate(node)
+        except InstantiationException as e:
+            cause = e.__cause__ or e
+            raise ConfigError(f"{where}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from None
+
+    callbacks = [build(f"callbacks.{name}", node) for name, node in cfg.callbacks.items()]
+    loggers = [build(f"logger.{name}", node) for name, node in (cfg.get("logger") or {}).items()]
+    checkpoint_io = build("checkpoint_io", cfg.checkpoint_io) if cfg.get("checkpoint_io") else None
+    record = {k: plain.get(k) for k in ("callbacks", "logger", "checkpoint_io", "ckpt_path")}
+    return fit(
+        run,
+        plain["run_dir"],
+        resume=plain.get("ckpt_path", "last"),
+        callbacks=callbacks,
+        loggers=loggers,
+        checkpoint_io=checkpoint_io,
+        overrides=overrides,
+        record=record,
+    )
+
+
+def report_errors(problems: Sequence[str]) -> None:
+    for line in problems:
+        print(f"error: {line}", file=sys.stderr)
+
+
+def hydra_error_line(e: BaseException) -> str:
+    """One line for a Hydra or OmegaConf composition error (unknown option or key, a type error)."""
+    text = " ".join(str(e).split())
+    for noise in (" Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",):
+        text = text.replace(noise, "")
+    cause = e.__cause__
+    if cause is not None and str(cause) and str(cause) not in text:
+        text += f" ({' '.join(str(cause).split())})"
+    for key, setting in DERIVED_TRAINER_ARGS.items():
+        if f"'{key}'" in text and "TrainerConfig" in text:
+            text += f"; the lab sets trainer.{key} itself, from {setting}"
+    return text

@@ -1,0 +1,125 @@
+"""`Results`: the schema of `results.json`, the one record every run leaves and every tool reads.
+
+`fit()` returns it (with the trained module attached, for a notebook or a loop); `Results.save` writes it
+atomically as strict JSON (a loss that does not exist is null, not NaN); `Results.load(run_dir)` reads it back.
+The README's `results.json` table lists exactly these fields (a test checks it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from lm_lab.errors import ConfigError
+from lm_lab.fileio import atomic_write_json
+
+
+@dataclass
+class Results:
+    # -- the score -----------------------------------------------------------------------------------------
+    val_loss: float | None
+    """Mean next-token loss (nats) of the final weights on the final evaluation's held-out tokens."""
+    val_ppl: float | None
+    """exp(val_loss)."""
+    best_val_loss: float | None
+    """Lowest periodic validation loss (on `train.val_tokens`) of the run; its weights are checkpoints/best-step<N>.ckpt."""
+    val_loss_ema: float | None
+    """Loss of the EMA of the weights (callbacks `AveragedWeights` with kind=ema), else null."""
+    val_loss_swa: float | None
+    """Loss of the SWA average of the weights (kind=swa), else null."""
+    val_unigram_entropy: float | None
+    """Unigram entropy (nats) of the final evaluation's target tokens: the loss of a model that knows only token
+    frequencies."""
+    val_tokens: int | None
+    """Held-out tokens the final evaluation scored."""
+    val_step: int | None
+    """The step whose weights `val_loss` scores (equals `steps` when the run finished)."""
+    # -- how far it got ------------------------------------------------------------------------------------
+    steps: int
+    """Optimizer steps taken (in total, over every start of the run)."""
+    tokens: int
+    """Training tokens seen: steps x tokens_per_step."""
+    epochs: float | None
+    """Passes over the training split (null when streaming)."""
+    stop_reason: str
+    """`max_steps`, `non_finite`, `interrupted` (Ctrl-C, SIGTERM: saved at a step boundary), `stopped` (a
+    callback stopped it) or `failed` (see `failure`)."""
+    failure: str | None
+    """What stopped a `non_finite` or `failed` run, else null."""
+    skipped_steps: int
+    """Updates skipped for a non-finite gradient (train.on_nonfinite=skip)."""
+    # -- cost ----------------------------------------------------------------------------------------------
+    flops: float
+    """Training FLOPs: tokens x flops_per_token (6N + attention, Kaplan et al. 2020 / PaLM appendix B)."""
+    flops_per_token: int
+    params: int
+    """Parameters, tied embedding counted once."""
+    params_non_embedding: int
+    tokens_per_step: int
+    train_seconds: float
+    """Seconds of training summed over every start of the run (each start counted up to the checkpoint the next
+    one resumed from, the last one to its end): what the final weights cost."""
+    train_seconds_last_start: float
+    """Seconds of training of the last start alone."""
+    tokens_per_sec: float | None
+    """tokens / train_seconds."""
+    wall_seconds: float
+    """Wall-clock seconds of the last start, checks, data preparation and evaluation included."""
+    starts: int
+    """How many times the run was started (1 + resumes)."""
+    # -- what was trained ----------------------------------------------------------------------------------
+    model: str
+    n_layer: int
+    n_head: int
+    d_model: int
+    vocab_size: int
+    seq_len: int
+    batch_size: int
+    lr: float
+    seed: int
+    tokenizer: str
+    data: str
+    init: str
+    """`random`, `fork` or `weights` (with `init_path`)."""
+    init_path: str | None
+    overrides: list[str]
+    """The command-line overrides of run.py (empty from Python)."""
+    module: Any = field(default=None, repr=False, compare=False)
+    """The trained LightningModule (not saved; None when loaded from disk)."""
+
+    @classmethod
+    def json_keys(cls) -> list[str]:
+        """The keys of results.json."""
+        return [f.name for f in fields(cls) if f.name != "module"]
+
+    def to_dict(self) -> dict:
+        out = {k: v for k, v in asdict(self).items() if k != "module"}
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+
+    def save(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / "results.json"
+        atomic_write_json(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> Results:
+        """The results of a run directory, or a ConfigError naming what is missing."""
+        path = Path(run_dir) / "results.json"
+        if not path.is_file():
+            raise ConfigError(f"{path} not found: {run_dir} is not a finished or stopped lm_lab run")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e})") from None
+        missing = [k for k in cls.json_keys() if k not in data]
+        if missing:
+            raise ConfigError(f"{path} lacks {missing}: it was written by an older lm_lab or another tool")
+        return cls(**{k: data[k] for k in cls.json_keys()})
+
+    @property
+    def finished(self) -> bool:
+        """Reached its last step and scored the final weights."""
+        return self.stop_reason == "max_steps" and self.val_step == self.steps

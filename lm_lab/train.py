@@ -1,0 +1,339 @@
+"""`fit()`: the one training function. run.py, `lm-lab cooldowns`, the benchmarks and the tests call it.
+
+    from lm_lab.config import RunConfig
+    from lm_lab.train import fit
+
+    results = fit(RunConfig(), "runs/main")  # the main job; results.module is the trained LightningModule
+
+A run goes through three phases, and nothing is written before the third:
+
+1. **check** — the config is derived and cross-checked, the inputs (tokenizer, corpus, token files, the
+   checkpoint to resume or fork, the weights to start from) are opened and checked, the run directory is
+   locked against a second run;
+2. **build** — data module, LightningModule, callbacks, loggers and Trainer, in that order;
+3. **train** — `Trainer.fit`, then the final evaluation, and `results.json`.
+
+It never exits the process: a non-finite stop, Ctrl-C/SIGTERM or a callback's stop is the returned results'
+`stop_reason`. It can be called many times in one process: it seeds itself and leaves no global state behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar, TQDMProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from omegaconf import OmegaConf
+
+from lm_lab.checkpoint import (
+    check_compatible,
+    check_fork_optimizer,
+    read_checkpoint,
+    resume_checkpoint,
+    start_weights,
+)
+from lm_lab.checkpoint_io import AtomicCheckpointIO
+from lm_lab.config import InitConfig, RunConfig, check_run_dir
+from lm_lab.data.datamodule import LMDataModule
+from lm_lab.data.prepare import preflight
+from lm_lab.errors import ConfigError
+from lm_lab.fileio import atomic_write_text
+from lm_lab.guards import NonFiniteError, StopRequested
+from lm_lab.lock import RunLock
+from lm_lab.models import flops_per_token, non_embedding_params, param_count
+from lm_lab.module import LMModule
+from lm_lab.results import Results
+
+log = logging.getLogger(__name__)
+
+
+def default_callbacks(run_dir: str | Path) -> list[Callback]:
+    """The callbacks of `conf/callbacks/default.yaml`, built in Python (a test checks the two agree)."""
+    from callbacks import LastCheckpoint, LossSpikes, TokenThroughput
+
+    ckpts = str(Path(run_dir) / "checkpoints")
+    return [
+        LastCheckpoint(dirpath=ckpts, every_n_steps=100, every_minutes=30),
+        ModelCheckpoint(dirpath=ckpts, filename="best-step{step}", auto_insert_metric_name=False,
+                        monitor="val/loss", mode="min", save_top_k=1, save_last=False),  # fmt: skip
+        TokenThroughput(window_size=5),
+        LossSpikes(window=100, k=6.0),
+        TQDMProgressBar(refresh_rate=10),
+    ]
+
+
+def default_loggers(run_dir: str | Path) -> list[Logger]:
+    """The logger of `conf/logger/tensorboard.yaml`: TensorBoard event files in RUN_DIR/tensorboard/."""
+    return [TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False)]
+
+
+def fit(
+    run: RunConfig,
+    run_dir: str | Path,
+    *,
+    resume: str | None = "last",
+    init: InitConfig | None = None,
+    callbacks: Sequence[Callback] | None = None,
+    loggers: Sequence[Logger] | None = None,
+    module_cls: type[LMModule] = LMModule,
+    checkpoint_io=None,
+    overrides: Sequence[str] = (),
+    record: dict | None = None,
+) -> Results:
+    """Train `run` in `run_dir` and return its results (with `results.module`, the trained module).
+
+    resume: `last` continues this run directory's newest good checkpoint if it has one (else starts afresh); a
+        path resumes that checkpoint; None always starts afresh.
+    init: where a fresh run starts (overrides `run.init`): random weights, a fork of another run's trajectory,
+        or another model's weights through a mapping function (see `InitConfig`).
+    callbacks, loggers: Lightning callbacks and loggers (default: `default_callbacks`, `default_loggers`).
+    module_cls: the LightningModule class (a subclass of LMModule, e.g. for distillation).
+    overrides: the command line that made this run (recorded in results.json).
+    record: more settings to save in config.yaml beside the run's (run.py: the callbacks and loggers).
+    """
+    started = time.time()
+    run_dir = Path(run_dir)
+    if init is not None:
+        run = replace(run, init=init)
+    # -- 1. check everything; nothing is written yet ---------------------------------------------------------
+    check_run_dir(run_dir)
+    fork = read_checkpoint(Path(run.init.path).expanduser()) if run.init.name == "fork" else None
+    run = run.derive(fork_step=fork["global_step"] if fork is not None else None)
+    tr = run.train
+    preflight(run.data, run.tokenizer)
+    with RunLock(run_dir, enabled=rank_zero_only.rank == 0), _rank_zero_logs():
+        ckpt_path, ckpt = resume_checkpoint(resume, run_dir / "checkpoints")  # this run's own, first
+        resuming = ckpt is not None
+        weights = None
+        if not resuming and fork is not None:
+            ckpt_path, ckpt = Path(run.init.path).expanduser(), fork
+            check_fork_optimizer(ckpt_path, ckpt, run.optimizer, allow=run.init.allow_optimizer_change)
+        if ckpt is not None:
+            check_compatible(ckpt_path, ckpt, run)
+            done = _finished(run_dir, tr.max_steps)
+            if done is not None:
+                log.info("this run already finished (step %d of %d): nothing to do (%s)", done.steps, tr.max_steps,
+                         run_dir / "results.json")  # fmt: skip
+                return done
+        elif run.init.name == "weights":
+            weights = start_weights(run.init, run.model)  # mapped onto this model and checked, tensors named
+
+        # -- 2. build: from here on the run leaves evidence -----------------------------------------------------
+        if rank_zero_only.rank == 0:
+            saved = {**run.to_dict(), **(record or {})}
+            atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(_plain(saved))))
+            atomic_write_text(run_dir / "overrides.yaml", OmegaConf.to_yaml(list(overrides)))
+        L.seed_everything(tr.seed, workers=True, verbose=False)
+        if run.trainer.uses_cuda:
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls for any fp32 work
+        data = LMDataModule(run.data, run.tokenizer, seq_len=tr.seq_len, micro_batch_size=tr.micro_batch_size,
+                            batch_size=tr.batch_size, val_tokens=tr.val_tokens, seed=tr.seed)  # fmt: skip
+        module = module_cls(
+            run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps, on_nonfinite=tr.on_nonfinite,
+            max_skipped_steps=tr.max_skipped_steps, compile=tr.compile, tokenizer=_plain(run.tokenizer),
+            data=_plain(run.data),
+        )  # fmt: skip
+        if weights is not None:
+            module.model.load_state_dict(weights)  # checked against this model's tensors already
+            log.info("starting from the weights of %s (fresh optimizer, step 0)", run.init.path)
+        callbacks = _ordered(list(callbacks) if callbacks is not None else default_callbacks(run_dir))
+        if not run.trainer.enable_progress_bar:  # trainer.enable_progress_bar=false silences the bar it names
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        loggers = list(loggers) if loggers is not None else default_loggers(run_dir)
+        purge = _purge_step(ckpt) if resuming else 0  # TensorBoard forgets what a killed start logged after it
+        for lg in loggers:
+            if isinstance(lg, TensorBoardLogger):
+                lg._kwargs["purge_step"] = purge  # read when the SummaryWriter is created, at the first log
+        trainer = L.Trainer(
+            **run.trainer.lightning_kwargs(),
+            max_steps=tr.max_steps,
+            accumulate_grad_batches=run.accumulate_grad_batches,
+            val_check_interval=tr.val_every * run.accumulate_grad_batches,  # counted in micro-batches
+            check_val_every_n_epoch=None,  # validate on the step count: the training stream is one endless epoch
+            use_distributed_sampler=False,  # the data module gives each rank its own disjoint part
+            log_every_n_steps=tr.log_every,
+            callbacks=callbacks,
+            logger=loggers,
+            plugins=[checkpoint_io or AtomicCheckpointIO()],  # atomic: a crash mid-write never damages a checkpoint
+            default_root_dir=run_dir,
+        )
+        if trainer.world_size != run.world_size:
+            raise ConfigError(
+                f"trainer started {trainer.world_size} processes, expected {run.world_size}; set trainer.devices explicitly"
+            )
+        fpt = flops_per_token(run.model, tr.seq_len)
+        log.info(
+            "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %d steps x %d tokens = %.3g tokens, %.3g FLOPs | "
+            "batch %d = %d micro x %d accumulation x %d devices | precision %s%s",
+            run.model.name, f"{param_count(run.model):,}", f"{non_embedding_params(run.model):,}", fpt,
+            tr.max_steps, run.tokens_per_step, tr.max_steps * run.tokens_per_step, tr.max_steps * run.tokens_per_step * fpt,
+            tr.batch_size, tr.micro_batch_size, run.accumulate_grad_batches, run.world_size, trainer.precision,
+            f" | {'resuming' if resuming else 'forking'} from {ckpt_path} (step {ckpt['global_step']})" if ckpt_path else "",
+        )  # fmt: skip
+        del ckpt, fork  # memory-mapped; Lightning reads the file again
+
+        # -- 3. train ---------------------------------------------------------------------------------------------
+        stop_reason, failure = None, None
+        try:
+            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
+        except SystemExit:  # Lightning exits after a Ctrl-C outside the training steps (e.g. preparing data)
+            if not trainer.interrupted:
+                raise
+            stop_reason = "interrupted"
+        except KeyboardInterrupt:
+            stop_reason = "interrupted"
+        except StopRequested as e:
+            stop_reason = "interrupted"
+            log.warning("%s: saved at step %d, stopping (the same command resumes it)", e, trainer.global_step)
+        except NonFiniteError as e:
+            stop_reason, failure = "non_finite", str(e)
+            log.error("%s", e)
+        except OSError as e:  # a full disk, a vanished folder: the previous checkpoint is intact (atomic writes)
+            stop_reason, failure = "failed", f"{type(e).__name__}: {e}"
+            log.error("%s; the last checkpoint that was written is intact", failure)
+        if trainer.interrupted and stop_reason is None:
+            stop_reason = "interrupted"
+        scored = stop_reason is None or stop_reason == "interrupted"
+        final_tokens = tr.final_tokens
+        if stop_reason is None and data.val is not None:
+            if final_tokens != tr.val_tokens:  # the final weights on the whole (or a larger part of the) split
+                data.val_tokens, module.val_key = final_tokens, "val/loss_final"
+                trainer.validate(module, datamodule=data, verbose=False)
+            elif module.last_val_step != trainer.global_step:
+                # resumed from a checkpoint at max_steps whose final validation never finished: score it now
+                trainer.validate(module, datamodule=data, verbose=False)
+        metrics = trainer.callback_metrics
+        val_loss = float(metrics.get(module.val_key, metrics.get("val/loss", math.nan))) if scored else math.nan
+        if stop_reason is None:
+            stop_reason = "max_steps" if trainer.global_step >= tr.max_steps else "stopped"
+        results = _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started)
+        if trainer.is_global_zero:
+            results.save(run_dir)
+            log.info(
+                "val_loss %.4f (ppl %.2f) vs unigram entropy %.4f nats | %d steps, %s tokens, %.1f s | %s",
+                val_loss, results.val_ppl or math.nan, results.val_unigram_entropy or math.nan, results.steps,
+                f"{results.tokens:,}", results.wall_seconds, run_dir / "results.json",
+            )  # fmt: skip
+        return results
+
+
+def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started) -> Results:
+    tr = run.train
+    has_data = data.val is not None  # False only if the run was stopped while preparing its data
+    best = next(
+        (cb.best_model_score for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) == "val/loss"),
+        None,
+    )  # the callback that keeps the best weights by validation loss (restored on resume)
+    best = float(best) if best is not None and math.isfinite(float(best)) else None
+    averaged = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/loss_ema", "val/loss_swa")}
+    tokens = trainer.global_step * run.tokens_per_step
+    fpt = flops_per_token(run.model, tr.seq_len)
+    total = module.train_seconds()
+    return Results(
+        val_loss=val_loss,
+        val_ppl=math.exp(val_loss) if math.isfinite(val_loss) else None,
+        best_val_loss=best if best is not None else (val_loss if math.isfinite(val_loss) else None),
+        val_loss_ema=averaged.get("val/loss_ema"),
+        val_loss_swa=averaged.get("val/loss_swa"),
+        val_unigram_entropy=data.val_unigram_entropy() if has_data else None,
+        val_tokens=data.val_token_count() if has_data else None,
+        val_step=module.last_val_step,
+        steps=trainer.global_step,
+        tokens=tokens,
+        epochs=data.epochs_at(trainer.global_step) if has_data else None,
+        stop_reason=stop_reason,
+        failure=failure,
+        skipped_steps=module.skipped_steps,
+        flops=float(tokens * fpt),
+        flops_per_token=fpt,
+        params=param_count(run.model),
+        params_non_embedding=non_embedding_params(run.model),
+        tokens_per_step=run.tokens_per_step,
+        train_seconds=total,
+        train_seconds_last_start=total - module.train_seconds_before,
+        tokens_per_sec=tokens / total if total > 0 else None,
+        wall_seconds=time.time() - started,
+        starts=module.starts,
+        model=run.model.name,
+        n_layer=run.model.n_layer,
+        n_head=run.model.n_head,
+        d_model=run.model.d_model,
+        vocab_size=run.model.vocab_size,
+        seq_len=tr.seq_len,
+        batch_size=tr.batch_size,
+        lr=run.optimizer.lr,
+        seed=tr.seed,
+        tokenizer=data.tokenizer.name if has_data and data.tokenizer is not None else run.tokenizer.cache_key,
+        data=run.data.name,
+        init=run.init.name,
+        init_path=run.init.path,
+        overrides=list(overrides),
+        module=module,
+    )
+
+
+def _finished(run_dir: Path, max_steps: int) -> Results | None:
+    """The results of a run that already reached `max_steps` and scored its final weights, else None."""
+    try:
+        done = Results.load(run_dir)
+    except ConfigError:
+        return None
+    return done if done.finished and done.steps >= max_steps else None
+
+
+def _ordered(callbacks: list[Callback]) -> list[Callback]:
+    """`LastCheckpoint` last: the checkpoint a run resumes from is written after every other callback has done
+    its step (weight averaging, the spike monitor, the best-checkpoint bookkeeping), so it holds all of it."""
+    from callbacks import LastCheckpoint
+
+    return [c for c in callbacks if not isinstance(c, LastCheckpoint)] + [
+        c for c in callbacks if isinstance(c, LastCheckpoint)
+    ]
+
+
+def _purge_step(ckpt: dict) -> int:
+    """The first TensorBoard step a resumed run logs again (see `LastCheckpoint.state_dict`)."""
+    for key, state in ckpt.get("callbacks", {}).items():
+        if key.startswith("LastCheckpoint") and "log_from" in state:
+            return state["log_from"]
+    return ckpt["global_step"]  # a checkpoint saved after a validation has every step before it logged
+
+
+def _plain(obj):
+    """Dataclasses to plain data for YAML (tuples as lists, callables by name)."""
+    from dataclasses import asdict, is_dataclass
+
+    if is_dataclass(obj):
+        obj = asdict(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if callable(obj):
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    return obj
+
+
+@contextmanager
+def _rank_zero_logs():
+    """The lab's log lines come from rank zero only (every DDP rank runs fit)."""
+    lab = logging.getLogger("lm_lab")
+    level = lab.level
+    if rank_zero_only.rank != 0:
+        lab.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        lab.setLevel(level)
+
+
+__all__ = ["default_callbacks", "default_loggers", "fit"]
