@@ -18,7 +18,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from lm_lab.config import register_schemas
+from lm_lab.config import check_run_dir, register_schemas
 from lm_lab.errors import ConfigError
 from lm_lab.launch import EXIT_CODES, fit_from_config, hydra_error_line, report_errors
 from lm_lab.lock import remove_if_empty
@@ -39,6 +39,7 @@ def check_command_line(argv: list[str]) -> None:
 
     if any(a.split("=")[0] in _NO_RUN for a in argv):
         return
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides, skip = [], False
     for arg in argv:
         if skip or arg.startswith("-"):
@@ -48,8 +49,6 @@ def check_command_line(argv: list[str]) -> None:
     try:
         first = []
         for o in OverridesParser.create().parse_overrides(overrides):
-            if o.get_key_element().lstrip("~+").startswith("hydra"):
-                continue
             if o.is_sweep_override():
                 values = iter(o.sweep_string_iterator()) if o.is_discrete_sweep() else iter(())
                 value = next(values, None)
@@ -58,9 +57,15 @@ def check_command_line(argv: list[str]) -> None:
                 first.append(f"{o.get_key_element()}={value}")
             else:
                 first.append(o.input_line)
-        compose(first)
+        cfg = compose(first, hydra_config=True)
+        out = cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir  # Hydra makes it before the run starts
     except (HydraException, OmegaConfBaseException) as e:
         print(f"error: {hydra_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        check_run_dir(out)
+    except ConfigError as e:
+        report_errors(e.problems)
         sys.exit(2)
 
 

@@ -51,6 +51,10 @@ class LastCheckpoint(Checkpoint):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._trainer = trainer
 
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # the restored bookkeeping is in place; the loop may not even run (at max_steps)
+            _prune_unknown_best(trainer)
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._since = self.clock()
         pending = self._restored.get("pending")
@@ -59,8 +63,6 @@ class LastCheckpoint(Checkpoint):
                 logger.log_metrics(pending, step=self._restored["log_from"])
                 logger.save()
         self._restored = {}
-        if trainer.is_global_zero:
-            _prune_unknown_best(trainer)
         if self.stop_on_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)

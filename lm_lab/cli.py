@@ -82,6 +82,7 @@ def cooldowns(args: argparse.Namespace) -> dict:
     """Fork cooldowns of several lengths from one checkpoint of a stable run (Hägele et al. 2024 §3: one run
     plus short cooldowns give a family of training lengths), run them one after another in this process, and
     gather their results."""
+    import contextlib
     import csv
     import logging
 
@@ -126,7 +127,8 @@ def cooldowns(args: argparse.Namespace) -> dict:
     for n, overrides in forks.items():  # stdout: the JSON summary only
         print(f"cooldown of {n} steps from step {args.step}: {sweep / f'cooldown{n}'}", file=sys.stderr)
         cfg = compose([*overrides, f"run_dir={sweep / f'cooldown{n}'}"])
-        results = fit_from_config(cfg, overrides)
+        with contextlib.redirect_stdout(sys.stderr):  # Lightning's model summary prints to stdout
+            results = fit_from_config(cfg, overrides)
         if results.stop_reason != "max_steps":
             raise ConfigError(f"the cooldown of {n} steps stopped early ({results.stop_reason}: {results.failure})")
     rows = []

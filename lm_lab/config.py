@@ -18,6 +18,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -486,12 +487,16 @@ def _check_devices(model: ModelConfig, train: TrainConfig, trainer: TrainerConfi
 
 
 def _check_writable(field_name: str, folder: str | os.PathLike) -> list[str]:
-    """A folder the run will write to: it, or its nearest existing parent, must be writable."""
+    """A folder the run will write to: a probe file can be made in it, or in its nearest existing parent."""
     path = Path(folder).expanduser().absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    if not path.is_dir() or not os.access(path, os.W_OK | os.X_OK):
-        return [f"{field_name}={str(folder)!r} is not writable ({path} is read-only or not a folder); choose another folder"]  # fmt: skip
+    try:
+        if not path.is_dir():
+            raise NotADirectoryError(path)
+        tempfile.TemporaryFile(dir=path).close()  # as root, permission bits alone say nothing: try it
+    except OSError as e:
+        return [f"{field_name}={str(folder)!r} is not writable ({path}: {e.strerror or type(e).__name__}); choose another folder"]  # fmt: skip
     return []
 
 
@@ -503,8 +508,9 @@ def check_run_dir(run_dir: str | os.PathLike) -> None:
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-def compose(overrides: list[str] = ()) -> DictConfig:
-    """The config `python run.py OVERRIDES` would see, composed without running anything (for tools and tests)."""
+def compose(overrides: list[str] = (), *, hydra_config: bool = False) -> DictConfig:
+    """The config `python run.py OVERRIDES` would see, composed without running anything (for tools and tests);
+    `hydra_config`: with Hydra's own node (`hydra.run.dir` ...)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -512,7 +518,7 @@ def compose(overrides: list[str] = ()) -> DictConfig:
         raise ConfigError(f"config folder {CONF_DIR} not found; install lm_lab from a checkout with `pip install -e .`")
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return hydra_compose("config", overrides=["run_dir=.", *overrides])
+        return hydra_compose("config", overrides=["run_dir=.", *overrides], return_hydra_config=hydra_config)
 
 
 def run_config(overrides: list[str] = ()) -> RunConfig:

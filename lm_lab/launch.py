@@ -64,6 +64,7 @@ def hydra_error_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     for noise in (" Set the environment variable HYDRA_FULL_ERROR=1 for a complete stack trace.",):
         text = text.replace(noise, "")
+    text = text.split(" Config search path:")[0].replace(" schema", "")  # the groups' typed schemas are no option
     cause = e.__cause__
     if cause is not None and str(cause) and str(cause) not in text:
         text += f" ({' '.join(str(cause).split())})"

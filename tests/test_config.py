@@ -7,15 +7,21 @@ import torch
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from lm_lab.config import RunConfig, compose
+from lm_lab.config import RunConfig, TrainConfig, compose
 from lm_lab.errors import ConfigError
+from lm_lab.models import ModelConfig
+from lm_lab.models.presets import PRESETS
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
 
 
-def run_config(overrides: list[str]) -> RunConfig:
-    return RunConfig.from_dict(_plain(overrides))
+def run_config(overrides: list[str], world_size: int = 1) -> RunConfig:
+    """The derived config of `python run.py OVERRIDES`."""
+    plain = _plain(overrides)
+    if world_size != 1:
+        plain["trainer"]["devices"] = world_size
+    return RunConfig.from_dict(plain).derive()
 
 
 def test_design_groups_exist():
@@ -28,7 +34,9 @@ def test_design_groups_exist():
 COMPANIONS = {
     "data=local": ["data.path=."],
     "optimizer=schedule_free": ["scheduler=constant", "scheduler.warmup_steps=0"],
-    "init=checkpoint": ["init.path=x.ckpt"],
+    "init=checkpoint": ["init.path=pyproject.toml"],  # any existing file: the checkpoint is read by fit
+    "init=fork": ["init.path=pyproject.toml"],
+    "init=weights": ["init.path=pyproject.toml"],
 }
 
 
@@ -44,11 +52,11 @@ def test_every_yaml_composes_and_validates(override):
     plain = _plain([override, *COMPANIONS.get(override, [])])
     if override == "optimizer=adamw8bit" and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="adamw8bit runs on CUDA GPUs only"):
-            RunConfig.from_dict(plain)
+            RunConfig.from_dict(plain).derive()
         return
     if plain["trainer"]["accelerator"] == "gpu" and not torch.cuda.is_available():
         plain["trainer"].update(accelerator="cpu", precision="32-true")  # the GPU-on-CPU refusal has its own test
-    run = RunConfig.from_dict(plain)
+    run = RunConfig.from_dict(plain).derive()
     assert run.train.seq_len <= run.model.block_size
     assert run.model.vocab_size == run.tokenizer.vocab_size
 
@@ -62,8 +70,45 @@ def test_default_is_the_main_job():
 
 
 def test_accumulation_is_derived_from_the_global_batch():
-    run = RunConfig.from_dict(_plain(["train.batch_size=64", "train.micro_batch_size=8"]), world_size=2)
-    assert run.accumulate_grad_batches == 4
+    run = run_config(["train.batch_size=64", "train.micro_batch_size=8", "trainer=cpu"], world_size=2)
+    assert run.world_size == 2 and run.accumulate_grad_batches == 4
+
+
+def test_the_python_defaults_are_the_main_job():
+    """`RunConfig()` built in Python describes the same run as `python run.py`: defaults live in one place."""
+    composed = RunConfig.from_dict(_plain([]))
+    assert RunConfig() == composed
+    assert RunConfig().derive() == composed.derive()
+    assert (RunConfig().train.max_steps, RunConfig().train.batch_size, RunConfig().scheduler.warmup_steps) == (400, 16, 40)
+
+
+def test_derive_fills_every_derived_value_in_one_step_and_leaves_the_input_alone():
+    run = RunConfig()
+    derived = run.derive()
+    assert (run.model.vocab_size, run.train.seq_len, run.train.micro_batch_size, run.world_size) == (None, None, None, None)
+    assert (derived.model.vocab_size, derived.train.seq_len, derived.train.micro_batch_size) == (4096, 256, 16)
+    assert derived.world_size == 1 and derived.derive() is derived
+    # no check assigns while it validates: a bad config raises and the input stays as it was
+    bad = RunConfig(train=TrainConfig(batch_size=10, micro_batch_size=3))
+    with pytest.raises(ConfigError, match="not a multiple"):
+        bad.derive()
+    assert bad.train.micro_batch_size == 3 and bad.train.seq_len is None
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_model_presets_are_the_yaml_files(name):
+    """`ModelConfig.preset(NAME)` and `model=NAME` are one source of truth."""
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF / "model" / f"{name}.yaml"))
+    yaml.pop("defaults")
+    assert yaml == {"name": name, **PRESETS[name]}
+    composed = ModelConfig(**_plain([f"model={name}"])["model"])
+    assert ModelConfig.preset(name) == composed
+    assert sorted(p.stem for p in (CONF / "model").glob("*.yaml")) == sorted(PRESETS)
+
+
+def test_an_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"model preset 'gpt2_huge' is unknown; choose one of \['gpt2_large'"):
+        ModelConfig.preset("gpt2_huge")
 
 
 def _plain(overrides):
@@ -87,6 +132,17 @@ def _plain(overrides):
         (["tokenizer.name=wordpiece"], r"tokenizer\.name='wordpiece' is unknown"),
         (["train.max_steps=20"], r"scheduler\.warmup_steps=40 exceeds train\.max_steps=20"),
         (["budget.name=a100_3h"], r"budget\.name='a100_3h' is not available yet"),
+        (["train.seed=-1"], r"train\.seed=-1 must be an integer in \[0, 2\^32\)"),
+        (["trainer.devices=0"], r"trainer\.devices=0 must be a positive number"),
+        (["trainer.precision=fp32"], r"trainer\.precision='fp32' is unknown; .* \(fp32 is 32-true\)"),
+        (["+trainer.foo=1"], r"trainer\.foo is not a trainer setting; known: "),
+        (["+trainer.accumulate_grad_batches=2"], r"trainer\.accumulate_grad_batches is not a trainer setting; the lab sets it from train\.batch_size"),
+        (["optimizer.lr=inf"], r"optimizer\.lr=inf must be a positive number"),
+        (["optimizer.lr=nan"], r"optimizer\.lr=nan must be a positive number"),
+        (["train.final_val_tokens=-3"], r"train\.final_val_tokens=-3 must be `val_tokens`, a positive integer or null"),
+        (["init=weights", "init.path=/no/such.ckpt"], r"init\.path='/no/such\.ckpt' does not exist"),
+        (["+callbacks.x._target_=callbacks.LastCheckpointt"], r"callbacks\.x\._target_: 'callbacks\.LastCheckpointt' cannot be imported"),
+        (["data.cache_dir=/proc/1/lm_lab_cache"], r"data\.cache_dir='/proc/1/lm_lab_cache' is not writable"),
         (["+train.epochs=3"], r"train\.epochs is not a train setting"),
         (["optimizer=schedule_free", "scheduler=constant"], r"scheduler\.warmup_steps=40 would warm schedule-free"),
         (

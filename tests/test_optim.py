@@ -158,7 +158,7 @@ def test_schedule_free_needs_a_constant_schedule():
     with pytest.raises(
         ConfigError, match="optimizer.name=schedule_free replaces the LR schedule; use scheduler=constant"
     ):
-        RunConfig.from_dict(plain)
+        RunConfig.from_dict(plain).derive()
 
 
 class Snapshots(L.Callback):

@@ -12,13 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lm_lab.results import Results
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULT_KEYS = {
-    "val_loss", "val_ppl", "best_val_loss", "val_unigram_entropy", "val_tokens", "val_step", "steps", "tokens", "epochs", "flops",
-    "flops_per_token", "params", "params_non_embedding", "tokens_per_step", "tokens_per_sec", "train_seconds",
-    "wall_seconds", "stop_reason", "failure", "skipped_steps", "model", "n_layer", "n_head", "d_model", "vocab_size", "seq_len", "batch_size", "lr",
-    "seed", "tokenizer", "data", "overrides",
-}  # fmt: skip
+RESULT_KEYS = set(Results.json_keys())
 
 
 def run(args: list[str], cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:

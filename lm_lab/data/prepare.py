@@ -155,6 +155,8 @@ class ShardWriter:
         self._hash.update(data)
         self.shards[-1]["tokens"] += len(tokens)
         self.shards[-1]["documents"] += 1
+        if len(tokens):
+            self.shards[-1]["max_id"] = max(self.shards[-1]["max_id"], int(tokens.max()))
         self.documents += 1
         self.tokens += len(tokens)
 
@@ -163,7 +165,7 @@ class ShardWriter:
             self._file.close()
         name = f"{self.split}-{len(self.shards):05d}.bin"
         self._file = open(self.folder / name, "wb")  # noqa: SIM115 - closed in _next_shard/close
-        self.shards.append({"file": name, "tokens": 0, "documents": 0})
+        self.shards.append({"file": name, "tokens": 0, "documents": 0, "max_id": -1})
 
     def close(self) -> dict:
         if self._file is None:

@@ -36,7 +36,14 @@ def read_meta(token_dir: Path) -> dict:
         raise ConfigError(
             f"{path} not found: the token files are not prepared; run `lm-lab prepare-data` with this run's data and tokenizer"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); delete {token_dir} and prepare it again") from None
+    missing = [k for k in ("format", "tokenizer", "vocab_size", "dtype", "splits") if k not in meta] if isinstance(meta, dict) else ["all"]  # fmt: skip
+    if missing:
+        raise ConfigError(f"{path} lacks {missing}: not made by lm_lab's prepare; delete {token_dir} and prepare it again")
+    return meta
 
 
 class TokenShards:
@@ -57,7 +64,16 @@ class TokenShards:
                     f"token file {path} has {size} bytes but meta.json promises {shard['tokens']} tokens ({expected} "
                     f"bytes): it is missing or truncated; delete {token_dir} and prepare it again"
                 )
-            self.maps.append(np.memmap(path, dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype))
+            tokens = np.memmap(path, dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype)
+            # ids beyond the vocabulary would fail deep inside the embedding, mid-training: refuse them at open
+            # (prepare records each shard's largest id; for files without it, read the shard once)
+            max_id = shard.get("max_id", int(tokens.max()) if len(tokens) else -1)
+            if max_id >= meta["vocab_size"]:
+                raise ConfigError(
+                    f"token file {path} holds id {max_id}, beyond the {meta['vocab_size']} ids of tokenizer "
+                    f"{meta['tokenizer']}: it is damaged or from another tokenizer; delete {token_dir} and prepare it again"
+                )
+            self.maps.append(tokens)
         self.sizes = np.array([len(m) for m in self.maps], dtype=np.int64)
 
     def __len__(self) -> int:

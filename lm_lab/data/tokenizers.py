@@ -150,7 +150,14 @@ class BPETokenizer(_ListTokenizer):
     def load(cls, path: str | Path, eot_token: str | None = None, label: str = "bpe") -> BPETokenizer:
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(path)), path=str(path), eot_token=eot_token, label=label)
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a file that is not one
+            raise ConfigError(
+                f"{path} is not a tokenizer file that the `tokenizers` library can read ({str(e)[:120]}); point "
+                f"tokenizer.path at a Hugging Face tokenizer.json"
+            ) from None
+        return cls(tokenizer, path=str(path), eot_token=eot_token, label=label)
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(Path(path), self._tok.to_str())

@@ -1,0 +1,212 @@
+"""`fit()` as a library: in-process runs, the three starting points, Results, the golden loss sequence."""
+
+import json
+import math
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm_lab.checkpoint import load_model, read_checkpoint
+from lm_lab.config import InitConfig, RunConfig, TrainConfig, TrainerConfig
+from lm_lab.data.config import DataConfig
+from lm_lab.errors import ConfigError
+from lm_lab.models import ModelConfig
+from lm_lab.module import LMModule
+from lm_lab.optim import OptimizerConfig, SchedulerConfig
+from lm_lab.results import Results
+from lm_lab.train import default_callbacks, fit
+from tests.helpers import InjectNaN
+
+ROOT = Path(__file__).resolve().parent.parent
+QUIET = TrainerConfig(accelerator="cpu", precision="32-true", enable_progress_bar=False, enable_model_summary=False)
+
+
+def smoke(cache_dir: Path, **train) -> RunConfig:
+    """`experiment=smoke` in Python: a 2-layer model on the embedded corpus."""
+    train = {"max_steps": 12, "batch_size": 8, "val_every": 6, "val_tokens": 16384, **train}
+    return RunConfig(
+        model=ModelConfig.preset("gpt2_tiny", n_layer=2, n_head=2, d_model=64, block_size=128),
+        data=DataConfig(cache_dir=str(cache_dir)),
+        scheduler=SchedulerConfig(warmup_steps=min(5, train["max_steps"])),
+        train=TrainConfig(**train),
+        trainer=QUIET,
+    )
+
+
+class FirstBatch(L.Callback):
+    """Records the first training batch, its loss, the step and the optimizer state before the first update."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not hasattr(self, "batch"):
+            self.batch, self.step = batch.clone(), trainer.global_step
+            self.optimizer_state = len(trainer.optimizers[0].state)
+            self.weights = {k: v.clone() for k, v in pl_module.model.state_dict().items()}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if not hasattr(self, "loss"):
+            self.loss = outputs["loss"].detach().clone()
+
+
+def test_fit_twice_in_one_process_on_two_run_directories(tmp_path, cache_dir):
+    run = smoke(cache_dir)
+    a = fit(run, tmp_path / "a")
+    b = fit(replace(run, train=replace(run.train, seed=7)), tmp_path / "b")
+    again = fit(run, tmp_path / "a_again")  # nothing leaks from the calls before: the same numbers
+    assert a.val_loss == again.val_loss and a.best_val_loss == again.best_val_loss
+    assert a.val_loss != b.val_loss and b.seed == 7
+    for results, folder in ((a, "a"), (b, "b")):
+        assert results.stop_reason == "max_steps" and results.steps == 12 == results.val_step
+        assert results.tokens == 12 * 8 * 128 and results.starts == 1
+        assert math.isfinite(results.val_loss) and results.val_loss < math.log(4096)
+        assert Results.load(tmp_path / folder) == results  # results.json is the returned record
+        assert isinstance(results.module, LMModule) and results.module.global_step == 12
+    # the module returned is the trained one: it scores the saved final weights
+    saved = read_checkpoint(tmp_path / "a" / "checkpoints" / "last.ckpt")["state_dict"]
+    assert all(torch.equal(v, saved[f"model.{k}"]) for k, v in a.module.model.state_dict().items())
+
+
+def test_a_non_finite_stop_inside_fit_returns_instead_of_exiting(tmp_path, cache_dir):
+    results = fit(smoke(cache_dir), tmp_path / "run", callbacks=[*default_callbacks(tmp_path / "run"), InjectNaN(8)])
+    assert results.stop_reason == "non_finite" and "step 8" in results.failure and results.steps == 7
+    assert Results.load(tmp_path / "run").stop_reason == "non_finite"
+    last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 6 and all(torch.isfinite(t).all() for t in last["state_dict"].values())
+
+
+def test_start_from_weights_of_another_run(tmp_path, cache_dir):
+    """init=weights: another run's model weights (other seed, other data), a fresh optimizer, step 0."""
+    source_run = smoke(cache_dir, seed=3, max_steps=6)
+    source_run = replace(source_run, data=replace(source_run.data, val_fraction=0.2))  # other data
+    fit(source_run, tmp_path / "source")
+    source_ckpt = tmp_path / "source" / "checkpoints" / "last.ckpt"
+    probe = FirstBatch()
+    run = smoke(cache_dir, max_steps=4, val_every=4)
+    init = InitConfig(name="weights", path=str(source_ckpt))
+    results = fit(run, tmp_path / "new", init=init, callbacks=[probe, *default_callbacks(tmp_path / "new")])
+    assert results.init == "weights" and results.steps == 4 and results.stop_reason == "max_steps"
+    assert probe.step == 0 and probe.optimizer_state == 0  # step 0, an empty optimizer
+    _, source_model = load_model(source_ckpt)
+    assert all(torch.equal(v, source_model.state_dict()[k]) for k, v in probe.weights.items())
+    # the first step's loss is the source model's loss on that batch
+    x, y = probe.batch[:, :-1], probe.batch[:, 1:]
+    with torch.no_grad():
+        expected = F.cross_entropy(source_model(x).flatten(0, 1), y.flatten())
+    torch.testing.assert_close(probe.loss, expected, rtol=1e-6, atol=1e-6)
+    # a checkpoint that does not fit the model is refused with the tensors named, before anything is written
+    bigger = replace(run, model=replace(run.model, n_layer=3))
+    with pytest.raises(ConfigError, match=r"do not fit this model .*missing tensors: blocks\.2\.ln_1\.weight"):
+        fit(bigger, tmp_path / "refused", init=init)
+    assert not (tmp_path / "refused").exists()
+
+
+def first_layer_only(state, source, target):
+    """A weight-surgery map for the test: keep the source's first `target.n_layer` blocks."""
+    return {k: v for k, v in state.items() if not k.startswith("blocks.") or int(k.split(".")[1]) < target.n_layer}
+
+
+def test_start_from_weights_through_a_map(tmp_path, cache_dir):
+    fit(smoke(cache_dir, max_steps=6), tmp_path / "source")
+    source = tmp_path / "source" / "checkpoints" / "last.ckpt"
+    shallow = smoke(cache_dir, max_steps=2, val_every=2)
+    shallow = replace(shallow, model=replace(shallow.model, n_layer=1))
+    with pytest.raises(ConfigError, match=r"unexpected tensors: blocks\.1\.ln_1\.weight"):
+        fit(shallow, tmp_path / "plain", init=InitConfig(name="weights", path=str(source)))
+    probe = FirstBatch()
+    init = InitConfig(name="weights", path=str(source), map=first_layer_only)
+    fit(shallow, tmp_path / "mapped", init=init, callbacks=[probe, *default_callbacks(tmp_path / "mapped")])
+    _, big = load_model(source)
+    assert torch.equal(probe.weights["blocks.0.attn.qkv.weight"], big.state_dict()["blocks.0.attn.qkv.weight"])
+    assert "blocks.1.attn.qkv.weight" not in probe.weights
+    # by name from the command line, too
+    named = InitConfig(name="weights", path=str(source), map="tests.test_fit.first_layer_only")
+    mapped = named.map_fn()({"blocks.0.w": 0, "blocks.1.w": 1, "wte.weight": 2}, None, shallow.model)
+    assert mapped == {"blocks.0.w": 0, "wte.weight": 2}
+
+
+def test_a_fork_with_another_optimizer_is_refused_unless_allowed(tmp_path, cache_dir):
+    fit(smoke(cache_dir, max_steps=6), tmp_path / "stable")
+    ckpt = str(tmp_path / "stable" / "checkpoints" / "last.ckpt")
+    run = replace(smoke(cache_dir, max_steps=8), optimizer=OptimizerConfig(lr=2e-3))
+    with pytest.raises(ConfigError, match=r"changes the optimizer \(optimizer\.lr: source 0\.001, fork 0\.002\)"):
+        fit(run, tmp_path / "fork", init=InitConfig(name="fork", path=ckpt))
+    assert not (tmp_path / "fork").exists()
+    results = fit(run, tmp_path / "fork", init=InitConfig(name="fork", path=ckpt, allow_optimizer_change=True))
+    assert results.steps == 8 and results.init == "fork"
+    # the old name of fork still works
+    assert InitConfig(name="checkpoint", path=ckpt).name == "fork"
+
+
+def test_final_evaluation_on_the_whole_held_out_split(tmp_path, cache_dir):
+    small = fit(smoke(cache_dir, val_tokens=4096), tmp_path / "small")
+    full = fit(smoke(cache_dir, val_tokens=4096, final_val_tokens=None), tmp_path / "full")
+    assert small.val_tokens == 4096 and full.val_tokens == 204_032  # every whole window of the 204,148 tokens
+    assert small.best_val_loss == full.best_val_loss  # the periodic validations are the same cheap ones
+    assert small.val_loss != full.val_loss and abs(small.val_loss - full.val_loss) < 0.5
+    module = full.module
+    assert module.last_val_step == 12
+
+
+# -- the golden loss sequence ----------------------------------------------------------------------------------
+# The main job's configuration (`RunConfig()`, i.e. `python run.py`) for its 40 warmup steps with validation at
+# the end, recorded before the library refactor (run.py of commit 5b59d66 + `train.max_steps=40`). Any change to
+# the numerics (model, init, data order, optimizer, schedule) changes these.
+GOLDEN_LOSSES = [
+    8.330571174621582, 8.33326244354248, 8.301750183105469, 8.28032398223877, 8.234127044677734, 8.210987091064453,
+    8.162501335144043, 8.17557430267334, 8.151466369628906, 8.138845443725586, 8.04710578918457, 8.03228759765625,
+    8.03585147857666, 8.020796775817871, 7.969435214996338, 7.893877983093262, 7.857842922210693, 7.8275837898254395,
+    7.805881500244141, 7.766688346862793, 7.719902992248535, 7.62105655670166, 7.617245197296143, 7.5368428230285645,
+    7.456954002380371, 7.414466381072998, 7.414216995239258, 7.323061466217041, 7.230900287628174, 7.2067413330078125,
+    7.193188667297363, 7.081920146942139, 7.132078647613525, 6.981170177459717, 6.97585916519165, 6.919224739074707,
+    6.881758213043213, 6.734852313995361, 6.688117504119873, 6.7119364738464355,
+]  # fmt: skip
+GOLDEN_VAL_LOSS = 6.67238712310791
+
+
+class Losses(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(outputs["loss"].item())
+
+
+def golden_run(cache_dir: Path) -> RunConfig:
+    main = RunConfig()
+    return replace(
+        main,
+        data=replace(main.data, cache_dir=str(cache_dir)),
+        train=replace(main.train, max_steps=40, val_every=40, val_tokens=16384),
+        trainer=QUIET,
+    )
+
+
+@pytest.mark.slow
+def test_golden_loss_sequence_of_the_main_job(tmp_path, cache_dir):
+    recorder = Losses()
+    results = fit(golden_run(cache_dir), tmp_path / "run", callbacks=[recorder, *default_callbacks(tmp_path / "run")])
+    assert len(recorder.losses) == 40
+    assert recorder.losses == pytest.approx(GOLDEN_LOSSES, rel=0, abs=2e-5)
+    assert results.val_loss == pytest.approx(GOLDEN_VAL_LOSS, rel=0, abs=2e-5)
+
+
+def test_the_readme_notebook_example_runs(tmp_path, cache_dir, monkeypatch):
+    """The README's five-line example of `fit` from Python, run as written (with a tiny model and short run)."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- notebook example -->\n```python\n(.*?)```", readme, re.S)
+    assert block, "the README has no notebook example"
+    code = block.group(1)
+    assert len(code.strip().splitlines()) <= 6
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LM_LAB_CACHE", str(cache_dir))
+    # shrink the run the example makes (the same code path; only the numbers differ)
+    code = code.replace("RunConfig()", "RunConfig(model=ModelConfig.preset('gpt2_tiny', n_layer=1, d_model=32, n_head=2, block_size=64), train=TrainConfig(max_steps=3, batch_size=4, val_every=3, val_tokens=2048), scheduler=SchedulerConfig(warmup_steps=1), trainer=QUIET)")  # fmt: skip
+    scope = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig, "SchedulerConfig": SchedulerConfig, "QUIET": QUIET}
+    exec(compile(code, "README.md", "exec"), scope)
+    results = scope["results"]
+    assert results.steps == 3 and (tmp_path / "runs" / "notebook" / "results.json").exists()
+    assert json.loads((tmp_path / "runs" / "notebook" / "results.json").read_text())["val_loss"] == results.val_loss
