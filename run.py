@@ -81,7 +81,7 @@ def _one_copy_of_lightning_logs() -> None:
         logger.propagate = True
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # memmap windows need none
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")  # Lightning vs newer torch

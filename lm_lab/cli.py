@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = parser.parse_known_args(argv)
     if any(r.startswith("-") for r in rest):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.overrides = [*args.overrides, *rest]
+    args.overrides = [*getattr(args, "overrides", []), *rest]
     if args.func is sample and args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     try:

@@ -104,7 +104,23 @@ def cases(i):
             ["tokenizer=hf", "tokenizer.path=./no/such/tokenizer", "tokenizer.vocab_size=300"],
             "error: tokenizer.path='./no/such/tokenizer': no such file",
         ),
+        (["tokenizer=hf", "tokenizer.path=pyproject.toml", "tokenizer.vocab_size=300"], "pyproject.toml is not a tokenizer file"),
+        (["train.seed=-1"], "error: train.seed=-1 must be an integer in [0, 2^32)"),
+        (["train.seed=abc"], "error: Error merging override train.seed=abc (Value 'abc' of type 'str' could not be converted to Integer"),
+        (["train.compile=maybe"], "error: Error merging override train.compile=maybe (Value 'maybe' is not a valid bool"),
+        (["trainer.devices=0"], "error: trainer.devices=0 must be a positive number"),
+        (["trainer.precision=fp32"], "error: trainer.precision='fp32' is unknown"),
+        (["+trainer.foo=1"], "error: trainer.foo is not a trainer setting"),
+        (["+trainer.accumulate_grad_batches=2"], "the lab sets it from train.batch_size and train.micro_batch_size"),
+        (["optimizer.lr=inf"], "error: optimizer.lr=inf must be a positive number"),
+        (["+callbacks.x._target_=callbacks.NoSuchCallback"], "error: callbacks.x._target_: 'callbacks.NoSuchCallback' cannot be imported"),
+        (["data.cache_dir=/proc/1/cache"], "error: data.cache_dir='/proc/1/cache' is not writable"),
+        (["init=weights", f"init.path={i['corrupt']}"], f"error: checkpoint {i['corrupt']} cannot be read"),
+        (["init=fork"], "error: init=fork needs init.path=CHECKPOINT"),
     ]
+
+# refusals by Hydra itself (composition): one line too
+HYDRA_LEVEL = ("model=gpt2_huge", "data=owt", "model.n_layer=abc", "train.seed=abc", "train.compile=maybe")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -115,7 +131,7 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
-def test_bad_configs_and_inputs_fail_cleanly_and_touch_nothing(inputs, tmp_path):
+def test_bad_configs_and_inputs_fail_cleanly_and_touch_nothing(inputs, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "previous_run"  # the outputs of an earlier run in the same directory
     (run_dir / "checkpoints").mkdir(parents=True)
     for name, text in [
@@ -126,16 +142,62 @@ def test_bad_configs_and_inputs_fail_cleanly_and_touch_nothing(inputs, tmp_path)
     ]:
         (run_dir / name).write_text(text)
     before = snapshot(run_dir)
-    env = {**os.environ, "LM_LAB_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+    monkeypatch.setenv("LM_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(ROOT)
     all_cases = cases(inputs)
-    assert len(all_cases) >= 20
+    assert len(all_cases) >= 40
     for overrides, message in all_cases:
-        args = [sys.executable, "run.py", "experiment=smoke", "ckpt_path=null", *overrides, f"hydra.run.dir={run_dir}"]
+        args = ["experiment=smoke", "ckpt_path=null", *overrides, f"hydra.run.dir={run_dir}"]
         if any(o.startswith("ckpt_path=") for o in overrides):
             args.remove("ckpt_path=null")
-        proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-        assert proc.returncode != 0, overrides
-        assert message in proc.stderr, (overrides, proc.stderr[-1500:])
-        assert "Traceback" not in proc.stderr, (overrides, proc.stderr[-1500:])
+        code, stderr = run_in_process(args, capsys, monkeypatch)
+        assert code == 2, (overrides, stderr[-1500:])
+        assert message in stderr, (overrides, stderr[-1500:])
+        assert "Traceback" not in stderr, (overrides, stderr[-1500:])
+        if any(o in HYDRA_LEVEL for o in overrides):
+            assert len(stderr.strip().splitlines()) == 1, (overrides, stderr)
         assert snapshot(run_dir) == before, overrides
     assert not (tmp_path / "cache").exists()  # no corpus was read or prepared
+
+
+def run_in_process(args: list[str], capsys, monkeypatch) -> tuple[int, str]:
+    """`python run.py ARGS` in this process (as its `__main__` block runs it): exit status and stderr. A real
+    process each would cost seconds of imports per case; `test_a_refused_first_start...` runs real ones."""
+    import run as entry
+
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "argv", ["run.py", *args])
+    try:
+        entry.register_schemas()
+        entry.check_command_line(args)
+        entry.main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_a_refused_first_start_leaves_no_run_directory(tmp_path):
+    env = {**os.environ, "LM_LAB_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
+    for bad in (["model.n_head=3"], ["model=gpt2_huge"], ["optimizer.lr=nan"]):
+        run_dir = tmp_path / "fresh"
+        proc = subprocess.run([sys.executable, "run.py", "experiment=smoke", *bad, f"hydra.run.dir={run_dir}"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
+        assert not run_dir.exists(), bad
+    proc = subprocess.run([sys.executable, "run.py", "hydra.run.dir=/proc/1/run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "error: run directory (hydra.run.dir)='/proc/1/run' is not writable" in proc.stderr
+
+
+def test_cli_refuses_bad_arguments(tmp_path, capsys):
+    from lm_lab.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["count", "--seq-len=-5"])
+    assert e.value.code == 2 and "'-5': give a positive integer" in capsys.readouterr().err
+    (tmp_path / "notarun").mkdir()
+    assert main(["cooldowns", str(tmp_path / "notarun"), "--step", "10", "--lengths", "4"]) == 2
+    assert "is not a run directory of the lab" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "notarun")]) == 2
+    assert "not found; give a lab checkpoint" in capsys.readouterr().err

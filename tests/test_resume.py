@@ -249,3 +249,29 @@ def test_spike_detector():
     assert det.update(5.0)  # a jump of 2 nats
     assert not det.update(3.0)
     assert not det.update(float("nan"))  # the non-finite guard's job, not a spike
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_and_sigint_save_at_the_next_step_then_exit(tmp_path, cache_dir, reference, sig):
+    """What SLURM sends before a time limit (SIGTERM) or a user's Ctrl-C (SIGINT): the run saves at the next step
+    boundary and exits 130, losing no step; the same command resumes it, bit-exact."""
+    cmd = command(tmp_path / "run", tmp_path / "losses.jsonl", "callbacks.last_checkpoint.every_n_steps=1000")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.time() + 180, 0
+    while time.time() < deadline and proc.poll() is None:
+        lines = (tmp_path / "losses.jsonl").read_text().splitlines() if (tmp_path / "losses.jsonl").exists() else []
+        seen = json.loads(lines[-1])["step"] if lines else 0
+        if seen >= 12:
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
+    assert results["stop_reason"] == "interrupted" and results["steps"] == saved  # nothing since it is lost
+    assert 12 <= seen <= saved <= seen + 3 < 30  # saved at the next step boundary (no cadence save is due)
+    again = run(cmd, cache_dir)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert_same_run(tmp_path / "run", final_losses(tmp_path / "losses.jsonl"), reference)
