@@ -24,7 +24,18 @@ from lm_lab.launch import EXIT_CODES, fit_from_config, hydra_error_line, report_
 from lm_lab.lock import remove_if_empty
 
 # flags of Hydra's command line that take a value, and those after which nothing is trained
-_FLAG_VALUES = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--info", "--experimental-rerun"}  # fmt: skip
+_FLAG_VALUES = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--info",
+    "--experimental-rerun",
+}
 _NO_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc", "--version"}
 
 

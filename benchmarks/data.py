@@ -108,8 +108,10 @@ def main() -> None:
     bare = n_bare / (time.perf_counter() - t0)
     print(f"bare loop (1 core)        : {bare:12,.0f} tokens/s")
     ceiling = bare_parallel(tokenizer.spec, texts, args.procs, tmp)
-    print(f"bare loop x {args.procs} processes   : {ceiling:12,.0f} tokens/s  = {ceiling / args.procs / bare:.2f} x bare per core"
-          " (what this machine's cores give together)")  # fmt: skip
+    print(
+        f"bare loop x {args.procs} processes   : {ceiling:12,.0f} tokens/s  = {ceiling / args.procs / bare:.2f} x bare per core"
+        " (what this machine's cores give together)"
+    )
 
     results = {}
     for procs in sorted({1, args.procs}):
@@ -133,8 +135,10 @@ def main() -> None:
             f"prepare, num_proc={procs:<3}     : {results[procs]:12,.0f} tokens/s  = {results[procs] / cores / bare:.2f} x bare per core"
             + ("  (one process; tokenizers may use threads)" if procs == 1 else "")
         )
-        print(f"    wall {seconds:.1f} s; CPU: main process {main_cpu:.1f} s (read, split, write), workers {workers_cpu:.1f} s"
-              + (f"; {results[procs] / ceiling:.2f} x the {procs}-process bare loop" if procs == args.procs > 1 else ""))  # fmt: skip
+        print(
+            f"    wall {seconds:.1f} s; CPU: main process {main_cpu:.1f} s (read, split, write), workers {workers_cpu:.1f} s"
+            + (f"; {results[procs] / ceiling:.2f} x the {procs}-process bare loop" if procs == args.procs > 1 else "")
+        )
 
     # -- training reads ---------------------------------------------------------------------------------
     shards = TokenShards(folder, "train")

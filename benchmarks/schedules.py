@@ -3,21 +3,22 @@ trained once with warmup + cosine to 10% and once with warmup + constant + a 20%
 
     python benchmarks/schedules.py [--steps 600] [--seeds 1337 1338] [--lr 3e-3] [--model gpt2_tiny]
 
-Each run is `python run.py` in its own directory; the script prints every final validation loss, the mean
+Each run is an in-process `fit` in its own directory; the script prints every final validation loss, the mean
 per schedule, the WSD - cosine difference and the seed-to-seed spread to judge it against.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from lm_lab.config import RunConfig, TrainerConfig
+from lm_lab.models import ModelConfig
+from lm_lab.optim import SchedulerConfig
+from lm_lab.train import fit
 
 
 def main() -> None:
@@ -32,28 +33,28 @@ def main() -> None:
 
     out = Path(args.out or tempfile.mkdtemp(prefix="schedules-"))
     schedules = {
-        "cosine": ["scheduler=cosine", "scheduler.final_lr_frac=0.1"],
-        "wsd": [
-            "scheduler=wsd",
-            "scheduler.cooldown_frac=0.2",
-            "scheduler.cooldown_shape=1-sqrt",
-            "scheduler.final_lr_frac=0.0",
-        ],
+        "cosine": SchedulerConfig(name="cosine", final_lr_frac=0.1, warmup_steps=args.warmup),
+        "wsd": SchedulerConfig(
+            name="wsd", cooldown_frac=0.2, cooldown_shape="1-sqrt", final_lr_frac=0.0, warmup_steps=args.warmup
+        ),
     }
+    main_job = RunConfig()
+    trainer = TrainerConfig(enable_progress_bar=False, enable_model_summary=False)
     losses: dict[str, list[float]] = {name: [] for name in schedules}
     for seed in args.seeds:
-        for name, overrides in schedules.items():
-            run_dir = out / f"{name}_seed{seed}"
-            cmd = [
-                sys.executable, "run.py", f"model={args.model}", *overrides, f"scheduler.warmup_steps={args.warmup}",
-                f"optimizer.lr={args.lr}", f"train.max_steps={args.steps}", f"train.seed={seed}", f"train.val_every={args.steps // 4}",
-                "ckpt_path=null", "~callbacks.progress_bar", "trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}",
-            ]  # fmt: skip
-            subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-            results = json.loads((run_dir / "results.json").read_text())
-            losses[name].append(results["val_loss"])
+        for name, scheduler in schedules.items():
+            run = replace(
+                main_job,
+                model=ModelConfig.preset(args.model),
+                scheduler=scheduler,
+                optimizer=replace(main_job.optimizer, lr=args.lr),
+                train=replace(main_job.train, max_steps=args.steps, seed=seed, val_every=args.steps // 4),
+                trainer=trainer,
+            )
+            results = fit(run, out / f"{name}_seed{seed}", resume=None)
+            losses[name].append(results.val_loss)
             print(
-                f"{name:7s} seed {seed}: val_loss {results['val_loss']:.4f}  ({results['steps']} steps, {results['tokens']:,} tokens)",
+                f"{name:7s} seed {seed}: val_loss {results.val_loss:.4f}  ({results.steps} steps, {results.tokens:,} tokens)",
                 flush=True,
             )
     means = {name: statistics.mean(v) for name, v in losses.items()}

@@ -52,7 +52,9 @@ class AveragedWeights(WeightAveraging):
         self._val_loss.reset()
 
     @torch.no_grad()
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:  # fmt: skip
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self._average_model is None or trainer.sanity_checking:
             return
         averaged = self._average_model.module

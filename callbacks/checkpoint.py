@@ -33,8 +33,13 @@ log = logging.getLogger(__name__)
 
 
 class LastCheckpoint(Checkpoint):
-    def __init__(self, dirpath: str, every_n_steps: int | None = 100, every_minutes: float | None = 30.0,
-                 stop_on_signals: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_steps: int | None = 100,
+        every_minutes: float | None = 30.0,
+        stop_on_signals: bool = True,
+    ):
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes

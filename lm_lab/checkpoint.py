@@ -71,8 +71,12 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> tuple[Path
     if found:
         path, ckpt = found[0]
         if damaged:
-            log.warning("%s; resuming from the newest good checkpoint instead: %s (step %d)",
-                        "; ".join(m for _, m in damaged), path, ckpt["global_step"])  # fmt: skip
+            log.warning(
+                "%s; resuming from the newest good checkpoint instead: %s (step %d)",
+                "; ".join(m for _, m in damaged),
+                path,
+                ckpt["global_step"],
+            )
         return path, ckpt
     if damaged:
         raise ConfigError(
@@ -103,7 +107,9 @@ def tensor_problems(expected: dict[str, torch.Size], found: dict[str, torch.Tens
 
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    mismatched = [f"{k} {tuple(found[k].shape)} vs {tuple(v)}" for k, v in expected.items() if k in found and found[k].shape != v]  # fmt: skip
+    mismatched = [
+        f"{k} {tuple(found[k].shape)} vs {tuple(v)}" for k, v in expected.items() if k in found and found[k].shape != v
+    ]
     problems = []
     if missing:
         problems.append(f"missing tensors: {names(missing)}")
@@ -115,8 +121,18 @@ def tensor_problems(expected: dict[str, torch.Size], found: dict[str, torch.Tens
 
 
 # the data settings that decide which tokens a run reads (a resume or fork with others would read other tokens)
-DATA_IDENTITY = ("source", "path", "config", "revision", "split", "text_field", "mode", "val_fraction",
-                 "val_split_tokens", "val_from")  # fmt: skip
+DATA_IDENTITY = (
+    "source",
+    "path",
+    "config",
+    "revision",
+    "split",
+    "text_field",
+    "mode",
+    "val_fraction",
+    "val_split_tokens",
+    "val_from",
+)
 
 
 def check_compatible(path: Path, ckpt: dict, run) -> None:
@@ -128,17 +144,27 @@ def check_compatible(path: Path, ckpt: dict, run) -> None:
     if problems:  # name the config fields that differ, the likely cause
         saved_model = saved.get("model", {})
         mine = asdict(run.model)
-        problems = [f"model.{k}: checkpoint {v!r}, this run {mine[k]!r}" for k, v in saved_model.items()
-                    if k in mine and k != "name" and v != mine[k]] + problems  # fmt: skip
+        problems = [
+            f"model.{k}: checkpoint {v!r}, this run {mine[k]!r}"
+            for k, v in saved_model.items()
+            if k in mine and k != "name" and v != mine[k]
+        ] + problems
     saved_optimizer = saved.get("optimizer", {}).get("name")
     if saved_optimizer is not None and saved_optimizer != run.optimizer.name:
         problems.append(f"optimizer.name: checkpoint {saved_optimizer!r}, this run {run.optimizer.name!r}")
     saved_data = ckpt.get("LMDataModule", {})
-    identity = {"data": run.data.name, "mode": run.data.mode, "seq_len": run.train.seq_len,
-                "batch_size": run.train.batch_size, "seed": run.train.seed}  # fmt: skip
+    identity = {
+        "data": run.data.name,
+        "mode": run.data.mode,
+        "seq_len": run.train.seq_len,
+        "batch_size": run.train.batch_size,
+        "seed": run.train.seed,
+    }
     for key, value in identity.items():
         if key in saved_data and saved_data[key] != value:
-            problems.append(f"{'data.name' if key == 'data' else key}: checkpoint {saved_data[key]!r}, this run {value!r}")
+            problems.append(
+                f"{'data.name' if key == 'data' else key}: checkpoint {saved_data[key]!r}, this run {value!r}"
+            )
     mine = asdict(run.data)
     for key in DATA_IDENTITY:
         if saved.get("data") and key in saved["data"] and saved["data"][key] != mine[key] and key != "mode":
@@ -155,8 +181,11 @@ def check_fork_optimizer(path: Path, ckpt: dict, optimizer: OptimizerConfig, all
     (a cooldown fork must equal one WSD run), so a difference is refused unless `allow`."""
     saved = ckpt.get("hyper_parameters", {}).get("optimizer", {})
     mine = asdict(optimizer)
-    differ = [f"optimizer.{k}: source {saved[k]!r}, fork {mine[k]!r}" for k in ("lr", "betas", "weight_decay")
-              if k in saved and tuple(_list(saved[k])) != tuple(_list(mine[k]))]  # fmt: skip
+    differ = [
+        f"optimizer.{k}: source {saved[k]!r}, fork {mine[k]!r}"
+        for k in ("lr", "betas", "weight_decay")
+        if k in saved and tuple(_list(saved[k])) != tuple(_list(mine[k]))
+    ]
     if differ and not allow:
         raise ConfigError(
             f"init=fork of {path} changes the optimizer ({'; '.join(differ)}); use the source run's settings, or "

@@ -59,8 +59,14 @@ def prepare_data(args: argparse.Namespace) -> dict:
     data, tokenizer = DataConfig(**cfg["data"]), TokenizerConfig(**cfg["tokenizer"])
     folder = prepare(data, tokenizer, val_only=data.mode == "streaming")
     meta = read_meta(folder)
-    return {"folder": str(folder), **{k: meta[k] for k in ("name", "tokenizer", "vocab_size", "dtype", "tokens_per_sec")},
-            "splits": {k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])} for k, v in meta["splits"].items()}}  # fmt: skip
+    return {
+        "folder": str(folder),
+        **{k: meta[k] for k in ("name", "tokenizer", "vocab_size", "dtype", "tokens_per_sec")},
+        "splits": {
+            k: {"tokens": v["tokens"], "documents": v["documents"], "shards": len(v["shards"])}
+            for k, v in meta["splits"].items()
+        },
+    }
 
 
 def _int_list(text: str) -> list[int]:
@@ -109,17 +115,28 @@ def cooldowns(args: argparse.Namespace) -> dict:
             f"step {args.step} of {source} is not in a stable phase (scheduler {sched.name}, warmup {sched.warmup_steps}, "
             f"constant until step {stable_until}); fork from a constant-LR or WSD run's stable phase"
         )
-    previous = OmegaConf.load(source / "overrides.yaml") if (source / "overrides.yaml").exists() else []
+    previous = (
+        OmegaConf.to_container(OmegaConf.load(source / "overrides.yaml"))  # as written: ${...} stays unresolved
+        if (source / "overrides.yaml").exists()
+        else []
+    )
     mine = {o.lstrip("+~").split("=")[0] for o in args.overrides}  # the forks' own overrides win
     kept = [
         o for o in previous if not o.lstrip("+~").startswith(FORK_DROPS) and o.lstrip("+~").split("=")[0] not in mine
     ]
     sweep = source / "cooldowns" / f"step{args.step}"
     common = [
-        *kept, "callbacks=default", "scheduler=wsd", f"scheduler.warmup_steps={sched.warmup_steps}",
-        f"scheduler.warmup_start_frac={sched.warmup_start_frac}", f"scheduler.cooldown_shape={args.shape}",
-        f"scheduler.final_lr_frac={args.final_lr_frac}", "init=fork", f"init.path={ckpt}", f"name={config.name}_cooldowns",
-    ]  # fmt: skip
+        *kept,
+        "callbacks=default",
+        "scheduler=wsd",
+        f"scheduler.warmup_steps={sched.warmup_steps}",
+        f"scheduler.warmup_start_frac={sched.warmup_start_frac}",
+        f"scheduler.cooldown_shape={args.shape}",
+        f"scheduler.final_lr_frac={args.final_lr_frac}",
+        "init=fork",
+        f"init.path={ckpt}",
+        f"name={config.name}_cooldowns",
+    ]
     forks = {n: [*common, f"scheduler.cooldown_steps={n}", *args.overrides] for n in args.lengths}
     if args.dry_run:
         return {"runs": {str(sweep / f"cooldown{n}"): overrides for n, overrides in forks.items()}}
@@ -148,8 +165,9 @@ def sample(args: argparse.Namespace) -> str:
     from lm_lab.sample import sample as generate_text
 
     top_k = None if args.top_k == 0 else args.top_k
-    return generate_text(args.checkpoint, args.prompt, tokens=args.tokens, temperature=args.temperature,
-                         top_k=top_k, seed=args.seed)  # fmt: skip
+    return generate_text(
+        args.checkpoint, args.prompt, tokens=args.tokens, temperature=args.temperature, top_k=top_k, seed=args.seed
+    )
 
 
 def _positive(text: str) -> int:

@@ -97,7 +97,18 @@ class TrainConfig:
         return self.val_tokens if self.final_val_tokens == "val_tokens" else self.final_val_tokens
 
 
-PRECISIONS = ("auto", "32-true", "32", "64-true", "64", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "transformer-engine")  # fmt: skip
+PRECISIONS = (
+    "auto",
+    "32-true",
+    "32",
+    "64-true",
+    "64",
+    "bf16-mixed",
+    "16-mixed",
+    "bf16-true",
+    "16-true",
+    "transformer-engine",
+)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 # Lightning Trainer arguments the lab sets itself, with the setting that controls each
 DERIVED_TRAINER_ARGS = {
@@ -229,7 +240,9 @@ class InitConfig:
         elif self.name != "random" and not self.path:
             problems.append(f"init={self.name} needs init.path=CHECKPOINT (e.g. RUN/checkpoints/step1000.ckpt)")
         elif self.name != "random" and not Path(self.path).expanduser().is_file():
-            problems.append(f"init.path={self.path!r} does not exist; give a checkpoint file (e.g. RUN/checkpoints/last.ckpt)")  # fmt: skip
+            problems.append(
+                f"init.path={self.path!r} does not exist; give a checkpoint file (e.g. RUN/checkpoints/last.ckpt)"
+            )
         if self.map is not None and self.name != "weights":
             problems.append(f"init.map is for init=weights, not init={self.name}")
         if isinstance(self.map, str):
@@ -406,7 +419,11 @@ def _build(klass, group: str, values: dict, problems: list[str]):
     unknown = sorted(set(values) - known)
     if unknown:
         for k in unknown:
-            hint = f"; the lab sets it from {DERIVED_TRAINER_ARGS[k]}" if klass is TrainerConfig and k in DERIVED_TRAINER_ARGS else f"; known: {sorted(known)}"  # fmt: skip
+            hint = (
+                f"; the lab sets it from {DERIVED_TRAINER_ARGS[k]}"
+                if klass is TrainerConfig and k in DERIVED_TRAINER_ARGS
+                else f"; known: {sorted(known)}"
+            )
             problems.append(f"{group}.{k} is not a {group} setting{hint}")
         return None
     try:
@@ -458,7 +475,9 @@ def _check_devices(model: ModelConfig, train: TrainConfig, trainer: TrainerConfi
     """Options that need a GPU (or a compiler) and would otherwise fail deep inside torch, later."""
     problems = []
     if trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        return [f"trainer.accelerator={trainer.accelerator!r} but no CUDA GPU is visible; use trainer=auto or trainer=cpu"]
+        return [
+            f"trainer.accelerator={trainer.accelerator!r} but no CUDA GPU is visible; use trainer=auto or trainer=cpu"
+        ]
     on_cpu = not trainer.uses_cuda
     if on_cpu and "16" in trainer.precision:  # bf16-mixed, 16-mixed, bf16-true, 16-true
         problems.append(
@@ -496,7 +515,9 @@ def _check_writable(field_name: str, folder: str | os.PathLike) -> list[str]:
             raise NotADirectoryError(path)
         tempfile.TemporaryFile(dir=path).close()  # as root, permission bits alone say nothing: try it
     except OSError as e:
-        return [f"{field_name}={str(folder)!r} is not writable ({path}: {e.strerror or type(e).__name__}); choose another folder"]  # fmt: skip
+        return [
+            f"{field_name}={str(folder)!r} is not writable ({path}: {e.strerror or type(e).__name__}); choose another folder"
+        ]
     return []
 
 
@@ -535,5 +556,3 @@ def register_schemas() -> None:
     cs = ConfigStore.instance()
     for group, klass in GROUP_CLASSES.items():
         cs.store(group=group, name="schema", node=klass)
-
-

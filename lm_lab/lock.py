@@ -51,7 +51,10 @@ class RunLock:
             os.close(fd)
         os.ftruncate(fd, 0)
         command = " ".join(sys.argv)[:300]
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({command})".encode())  # fmt: skip
+        os.write(
+            fd,
+            f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')} ({command})".encode(),
+        )
         self._fd = fd
         return self
 

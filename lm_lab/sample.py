@@ -65,8 +65,9 @@ def checkpoint_tokenizer(path: str | Path) -> Tokenizer:
     return load_tokenizer(tok_cfg, trained_path=trained)
 
 
-def sample(path: str | Path, prompt: str, *, tokens: int = 100, temperature: float = 0.8, top_k: int | None = 50,
-           seed: int = 0) -> str:  # fmt: skip
+def sample(
+    path: str | Path, prompt: str, *, tokens: int = 100, temperature: float = 0.8, top_k: int | None = 50, seed: int = 0
+) -> str:
     """The prompt's continuation by the model of a lab checkpoint (file or run directory)."""
     problems = []
     if tokens < 1:
@@ -82,6 +83,14 @@ def sample(path: str | Path, prompt: str, *, tokens: int = 100, temperature: flo
     if not ids:
         ids = [tokenizer.eot_id]
     generator = torch.Generator().manual_seed(seed)
-    out = generate(model, ids, tokens, vocab_size=cfg.vocab_size, block_size=cfg.block_size,
-                   temperature=temperature, top_k=top_k, generator=generator)  # fmt: skip
+    out = generate(
+        model,
+        ids,
+        tokens,
+        vocab_size=cfg.vocab_size,
+        block_size=cfg.block_size,
+        temperature=temperature,
+        top_k=top_k,
+        generator=generator,
+    )
     return tokenizer.decode(out)

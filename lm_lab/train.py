@@ -63,8 +63,15 @@ def default_callbacks(run_dir: str | Path) -> list[Callback]:
     ckpts = str(Path(run_dir) / "checkpoints")
     return [
         LastCheckpoint(dirpath=ckpts, every_n_steps=100, every_minutes=30),
-        ModelCheckpoint(dirpath=ckpts, filename="best-step{step}", auto_insert_metric_name=False,
-                        monitor="val/loss", mode="min", save_top_k=1, save_last=False),  # fmt: skip
+        ModelCheckpoint(
+            dirpath=ckpts,
+            filename="best-step{step}",
+            auto_insert_metric_name=False,
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            save_last=False,
+        ),
         TokenThroughput(window_size=5),
         LossSpikes(window=100, k=6.0),
         TQDMProgressBar(refresh_rate=10),
@@ -121,8 +128,12 @@ def fit(
             check_compatible(ckpt_path, ckpt, run)
             done = _finished(run_dir, tr.max_steps)
             if done is not None:
-                log.info("this run already finished (step %d of %d): nothing to do (%s)", done.steps, tr.max_steps,
-                         run_dir / "results.json")  # fmt: skip
+                log.info(
+                    "this run already finished (step %d of %d): nothing to do (%s)",
+                    done.steps,
+                    tr.max_steps,
+                    run_dir / "results.json",
+                )
                 return done
         elif run.init.name == "weights":
             weights = start_weights(run.init, run.model)  # mapped onto this model and checked, tensors named
@@ -135,13 +146,26 @@ def fit(
         L.seed_everything(tr.seed, workers=True, verbose=False)
         if run.trainer.uses_cuda:
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for any fp32 work
-        data = LMDataModule(run.data, run.tokenizer, seq_len=tr.seq_len, micro_batch_size=tr.micro_batch_size,
-                            batch_size=tr.batch_size, val_tokens=tr.val_tokens, seed=tr.seed)  # fmt: skip
+        data = LMDataModule(
+            run.data,
+            run.tokenizer,
+            seq_len=tr.seq_len,
+            micro_batch_size=tr.micro_batch_size,
+            batch_size=tr.batch_size,
+            val_tokens=tr.val_tokens,
+            seed=tr.seed,
+        )
         module = module_cls(
-            run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps, on_nonfinite=tr.on_nonfinite,
-            max_skipped_steps=tr.max_skipped_steps, compile=tr.compile, tokenizer=_plain(run.tokenizer),
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            max_steps=tr.max_steps,
+            on_nonfinite=tr.on_nonfinite,
+            max_skipped_steps=tr.max_skipped_steps,
+            compile=tr.compile,
+            tokenizer=_plain(run.tokenizer),
             data=_plain(run.data),
-        )  # fmt: skip
+        )
         if weights is not None:
             module.model.load_state_dict(weights)  # checked against this model's tensors already
             log.info("starting from the weights of %s (fresh optimizer, step 0)", run.init.path)
@@ -174,11 +198,23 @@ def fit(
         log.info(
             "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %d steps x %d tokens = %.3g tokens, %.3g FLOPs | "
             "batch %d = %d micro x %d accumulation x %d devices | precision %s%s",
-            run.model.name, f"{param_count(run.model):,}", f"{non_embedding_params(run.model):,}", fpt,
-            tr.max_steps, run.tokens_per_step, tr.max_steps * run.tokens_per_step, tr.max_steps * run.tokens_per_step * fpt,
-            tr.batch_size, tr.micro_batch_size, run.accumulate_grad_batches, run.world_size, trainer.precision,
-            f" | {'resuming' if resuming else 'forking'} from {ckpt_path} (step {ckpt['global_step']})" if ckpt_path else "",
-        )  # fmt: skip
+            run.model.name,
+            f"{param_count(run.model):,}",
+            f"{non_embedding_params(run.model):,}",
+            fpt,
+            tr.max_steps,
+            run.tokens_per_step,
+            tr.max_steps * run.tokens_per_step,
+            tr.max_steps * run.tokens_per_step * fpt,
+            tr.batch_size,
+            tr.micro_batch_size,
+            run.accumulate_grad_batches,
+            run.world_size,
+            trainer.precision,
+            f" | {'resuming' if resuming else 'forking'} from {ckpt_path} (step {ckpt['global_step']})"
+            if ckpt_path
+            else "",
+        )
         del ckpt, fork  # memory-mapped; Lightning reads the file again
 
         # -- 3. train ---------------------------------------------------------------------------------------------
@@ -220,9 +256,14 @@ def fit(
             results.save(run_dir)
             log.info(
                 "val_loss %.4f (ppl %.2f) vs unigram entropy %.4f nats | %d steps, %s tokens, %.1f s | %s",
-                val_loss, results.val_ppl or math.nan, results.val_unigram_entropy or math.nan, results.steps,
-                f"{results.tokens:,}", results.wall_seconds, run_dir / "results.json",
-            )  # fmt: skip
+                val_loss,
+                results.val_ppl or math.nan,
+                results.val_unigram_entropy or math.nan,
+                results.steps,
+                f"{results.tokens:,}",
+                results.wall_seconds,
+                run_dir / "results.json",
+            )
         return results
 
 

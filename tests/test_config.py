@@ -25,8 +25,19 @@ def run_config(overrides: list[str], world_size: int = 1) -> RunConfig:
 
 
 def test_design_groups_exist():
-    assert set(GROUPS) >= {"model", "data", "tokenizer", "optimizer", "scheduler", "trainer", "budget", "init",
-                           "callbacks", "logger", "experiment"}  # fmt: skip
+    assert set(GROUPS) >= {
+        "model",
+        "data",
+        "tokenizer",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "budget",
+        "init",
+        "callbacks",
+        "logger",
+        "experiment",
+    }
     assert (CONF / "hydra" / "launcher" / "local.yaml").exists()
 
 
@@ -79,13 +90,22 @@ def test_the_python_defaults_are_the_main_job():
     composed = RunConfig.from_dict(_plain([]))
     assert RunConfig() == composed
     assert RunConfig().derive() == composed.derive()
-    assert (RunConfig().train.max_steps, RunConfig().train.batch_size, RunConfig().scheduler.warmup_steps) == (400, 16, 40)
+    assert (RunConfig().train.max_steps, RunConfig().train.batch_size, RunConfig().scheduler.warmup_steps) == (
+        400,
+        16,
+        40,
+    )
 
 
 def test_derive_fills_every_derived_value_in_one_step_and_leaves_the_input_alone():
     run = RunConfig()
     derived = run.derive()
-    assert (run.model.vocab_size, run.train.seq_len, run.train.micro_batch_size, run.world_size) == (None, None, None, None)
+    assert (run.model.vocab_size, run.train.seq_len, run.train.micro_batch_size, run.world_size) == (
+        None,
+        None,
+        None,
+        None,
+    )
     assert (derived.model.vocab_size, derived.train.seq_len, derived.train.micro_batch_size) == (4096, 256, 16)
     assert derived.world_size == 1 and derived.derive() is derived
     # no check assigns while it validates: a bad config raises and the input stays as it was
@@ -136,12 +156,18 @@ def _plain(overrides):
         (["trainer.devices=0"], r"trainer\.devices=0 must be a positive number"),
         (["trainer.precision=fp32"], r"trainer\.precision='fp32' is unknown; .* \(fp32 is 32-true\)"),
         (["+trainer.foo=1"], r"trainer\.foo is not a trainer setting; known: "),
-        (["+trainer.accumulate_grad_batches=2"], r"trainer\.accumulate_grad_batches is not a trainer setting; the lab sets it from train\.batch_size"),
+        (
+            ["+trainer.accumulate_grad_batches=2"],
+            r"trainer\.accumulate_grad_batches is not a trainer setting; the lab sets it from train\.batch_size",
+        ),
         (["optimizer.lr=inf"], r"optimizer\.lr=inf must be a positive number"),
         (["optimizer.lr=nan"], r"optimizer\.lr=nan must be a positive number"),
         (["train.final_val_tokens=-3"], r"train\.final_val_tokens=-3 must be `val_tokens`, a positive integer or null"),
         (["init=weights", "init.path=/no/such.ckpt"], r"init\.path='/no/such\.ckpt' does not exist"),
-        (["+callbacks.x._target_=callbacks.LastCheckpointt"], r"callbacks\.x\._target_: 'callbacks\.LastCheckpointt' cannot be imported"),
+        (
+            ["+callbacks.x._target_=callbacks.LastCheckpointt"],
+            r"callbacks\.x\._target_: 'callbacks\.LastCheckpointt' cannot be imported",
+        ),
         (["data.cache_dir=/proc/1/lm_lab_cache"], r"data\.cache_dir='/proc/1/lm_lab_cache' is not writable"),
         (["+train.epochs=3"], r"train\.epochs is not a train setting"),
         (["optimizer=schedule_free", "scheduler=constant"], r"scheduler\.warmup_steps=40 would warm schedule-free"),

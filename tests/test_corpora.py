@@ -121,8 +121,14 @@ def test_prepare_data_command(documents, tmp_path, capsys):
 
 def test_single_split_sources_refuse_other_splits(documents, tmp_path):
     corpus = write_corpus("parquet", documents[:20], tmp_path / "corpus")
-    cfg = DataConfig(name="c", source="local", path=str(corpus / "corpus.parquet"), val_from="validation",
-                     cache_dir=str(tmp_path / "cache"), num_proc=1)  # fmt: skip
+    cfg = DataConfig(
+        name="c",
+        source="local",
+        path=str(corpus / "corpus.parquet"),
+        val_from="validation",
+        cache_dir=str(tmp_path / "cache"),
+        num_proc=1,
+    )
     with pytest.raises(
         ConfigError, match=r"is a single file with no named splits, so split 'validation' does not exist"
     ):
@@ -133,8 +139,15 @@ def test_prepare_is_deterministic_whatever_the_process_count(documents, tmp_path
     corpus = write_corpus("jsonl", documents, tmp_path / "corpus")
     folders = []
     for n, procs in enumerate((1, 2)):
-        cfg = DataConfig(name="c", source="local", path=str(corpus), val_fraction=0.1, cache_dir=str(tmp_path / f"cache{n}"),
-                         num_proc=procs, shard_tokens=20_000)  # fmt: skip
+        cfg = DataConfig(
+            name="c",
+            source="local",
+            path=str(corpus),
+            val_fraction=0.1,
+            cache_dir=str(tmp_path / f"cache{n}"),
+            num_proc=procs,
+            shard_tokens=20_000,
+        )
         folders.append(prepare(cfg, BYTES, progress=False))
     a, b = (read_meta(f) for f in folders)
     assert a["splits"] == b["splits"] and len(a["splits"]["train"]["shards"]) > 2
@@ -144,8 +157,15 @@ def test_prepare_is_deterministic_whatever_the_process_count(documents, tmp_path
 
 def test_validation_cap_takes_held_out_documents_in_corpus_order(documents, tmp_path):
     corpus = write_corpus("parquet", documents, tmp_path / "corpus")
-    cfg = DataConfig(name="c", source="local", path=str(corpus), val_fraction=0.3, val_split_tokens=3000,
-                     cache_dir=str(tmp_path / "cache"), num_proc=1)  # fmt: skip
+    cfg = DataConfig(
+        name="c",
+        source="local",
+        path=str(corpus),
+        val_fraction=0.3,
+        val_split_tokens=3000,
+        cache_dir=str(tmp_path / "cache"),
+        num_proc=1,
+    )
     meta = read_meta(prepare(cfg, BYTES, progress=False))
     candidates = [d for d in documents if d and held_out(d, 0.3)]
     taken, n = [], 0
@@ -184,8 +204,17 @@ def test_guard_rails_name_the_file_and_the_fix(documents, tmp_path):
 def test_streaming_resumes_exactly_and_matches_the_prepared_validation(documents, tmp_path):
     docs = documents[:14]
     corpus = write_corpus("hub_folder", docs, tmp_path / "corpus")
-    cfg = DataConfig(name="c", source="local", path=str(corpus), mode="streaming", val_fraction=0.2, val_split_tokens=10**6,
-                     shuffle_buffer=4, cache_dir=str(tmp_path / "cache"), num_proc=1)  # fmt: skip
+    cfg = DataConfig(
+        name="c",
+        source="local",
+        path=str(corpus),
+        mode="streaming",
+        val_fraction=0.2,
+        val_split_tokens=10**6,
+        shuffle_buffer=4,
+        cache_dir=str(tmp_path / "cache"),
+        num_proc=1,
+    )
     val_folder = prepare(cfg, BYTES, val_only=True, progress=False)
     prepared = prepare(DataConfig(**{**cfg.__dict__, "mode": "prepared"}), BYTES, progress=False)
     assert split_documents(val_folder, "val") == split_documents(prepared, "val")  # same validation in both modes
@@ -223,12 +252,25 @@ def run(args, cache, timeout=300):
 
 def tiny_run(corpus: Path, out: Path, record: Path, *extra: str) -> list[str]:
     return [
-        "experiment=smoke", "data=local", f"data.path={corpus}", "data.val_fraction=0.1", "tokenizer=bytes",
-        "model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.block_size=64", "train.seq_len=64",
-        "train.batch_size=4", "train.val_every=5", "train.val_tokens=1024", "scheduler.warmup_steps=2",
-        "+callbacks.recorder._target_=tests.helpers.BatchRecorder", f"+callbacks.recorder.path={record}",
-        f"hydra.run.dir={out}", *extra,
-    ]  # fmt: skip
+        "experiment=smoke",
+        "data=local",
+        f"data.path={corpus}",
+        "data.val_fraction=0.1",
+        "tokenizer=bytes",
+        "model.n_layer=1",
+        "model.d_model=32",
+        "model.n_head=2",
+        "model.block_size=64",
+        "train.seq_len=64",
+        "train.batch_size=4",
+        "train.val_every=5",
+        "train.val_tokens=1024",
+        "scheduler.warmup_steps=2",
+        "+callbacks.recorder._target_=tests.helpers.BatchRecorder",
+        f"+callbacks.recorder.path={record}",
+        f"hydra.run.dir={out}",
+        *extra,
+    ]
 
 
 def small_corpus(documents: list[str], root: Path) -> Path:

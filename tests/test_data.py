@@ -221,9 +221,14 @@ def test_embedded_corpus_is_real_and_stable():
 def test_datamodule_on_the_embedded_corpus(cache_dir):
     def module():
         return LMDataModule(
-            DataConfig(cache_dir=str(cache_dir)), TokenizerConfig(name="bytes", vocab_size=257),
-            seq_len=64, micro_batch_size=4, batch_size=8, val_tokens=4096, seed=0,
-        )  # fmt: skip
+            DataConfig(cache_dir=str(cache_dir)),
+            TokenizerConfig(name="bytes", vocab_size=257),
+            seq_len=64,
+            micro_batch_size=4,
+            batch_size=8,
+            val_tokens=4096,
+            seed=0,
+        )
 
     dm = module()
     dm.prepare_data()
@@ -246,9 +251,14 @@ def test_datamodule_on_the_embedded_corpus(cache_dir):
 
 def test_a_run_that_repeats_its_corpus_many_times_is_told_so(cache_dir, caplog):
     dm = LMDataModule(
-        DataConfig(cache_dir=str(cache_dir)), TokenizerConfig(name="bytes", vocab_size=257),
-        seq_len=64, micro_batch_size=4, batch_size=8, val_tokens=4096, seed=0,
-    )  # fmt: skip
+        DataConfig(cache_dir=str(cache_dir)),
+        TokenizerConfig(name="bytes", vocab_size=257),
+        seq_len=64,
+        micro_batch_size=4,
+        batch_size=8,
+        val_tokens=4096,
+        seed=0,
+    )
     dm.prepare_data()
     dm.setup("fit")
     per_epoch = TrainWindows(dm.train, 64, 4, 8, 0).plan.n_windows / 8  # optimizer steps per pass

@@ -99,25 +99,38 @@ def cases(i):
                 f"data.cache_dir={i['wrong']}",
             ],
             "were made with tokenizer bytes (257 ids) but this run uses hf",
-        ),  # fmt: skip
+        ),
         (
             ["tokenizer=hf", "tokenizer.path=./no/such/tokenizer", "tokenizer.vocab_size=300"],
             "error: tokenizer.path='./no/such/tokenizer': no such file",
         ),
-        (["tokenizer=hf", "tokenizer.path=pyproject.toml", "tokenizer.vocab_size=300"], "pyproject.toml is not a tokenizer file"),
+        (
+            ["tokenizer=hf", "tokenizer.path=pyproject.toml", "tokenizer.vocab_size=300"],
+            "pyproject.toml is not a tokenizer file",
+        ),
         (["train.seed=-1"], "error: train.seed=-1 must be an integer in [0, 2^32)"),
-        (["train.seed=abc"], "error: Error merging override train.seed=abc (Value 'abc' of type 'str' could not be converted to Integer"),
-        (["train.compile=maybe"], "error: Error merging override train.compile=maybe (Value 'maybe' is not a valid bool"),
+        (
+            ["train.seed=abc"],
+            "error: Error merging override train.seed=abc (Value 'abc' of type 'str' could not be converted to Integer",
+        ),
+        (
+            ["train.compile=maybe"],
+            "error: Error merging override train.compile=maybe (Value 'maybe' is not a valid bool",
+        ),
         (["trainer.devices=0"], "error: trainer.devices=0 must be a positive number"),
         (["trainer.precision=fp32"], "error: trainer.precision='fp32' is unknown"),
         (["+trainer.foo=1"], "error: trainer.foo is not a trainer setting"),
         (["+trainer.accumulate_grad_batches=2"], "the lab sets it from train.batch_size and train.micro_batch_size"),
         (["optimizer.lr=inf"], "error: optimizer.lr=inf must be a positive number"),
-        (["+callbacks.x._target_=callbacks.NoSuchCallback"], "error: callbacks.x._target_: 'callbacks.NoSuchCallback' cannot be imported"),
+        (
+            ["+callbacks.x._target_=callbacks.NoSuchCallback"],
+            "error: callbacks.x._target_: 'callbacks.NoSuchCallback' cannot be imported",
+        ),
         (["data.cache_dir=/proc/1/cache"], "error: data.cache_dir='/proc/1/cache' is not writable"),
         (["init=weights", f"init.path={i['corrupt']}"], f"error: checkpoint {i['corrupt']} cannot be read"),
         (["init=fork"], "error: init=fork needs init.path=CHECKPOINT"),
     ]
+
 
 # refusals by Hydra itself (composition): one line too
 HYDRA_LEVEL = ("model=gpt2_huge", "data=owt", "model.n_layer=abc", "train.seed=abc", "train.compile=maybe")
@@ -181,12 +194,24 @@ def test_a_refused_first_start_leaves_no_run_directory(tmp_path):
     env = {**os.environ, "LM_LAB_CACHE": str(tmp_path / "cache"), "CUDA_VISIBLE_DEVICES": ""}
     for bad in (["model.n_head=3"], ["model=gpt2_huge"], ["optimizer.lr=nan"]):
         run_dir = tmp_path / "fresh"
-        proc = subprocess.run([sys.executable, "run.py", "experiment=smoke", *bad, f"hydra.run.dir={run_dir}"],
-                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "run.py", "experiment=smoke", *bad, f"hydra.run.dir={run_dir}"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode == 2 and proc.stderr.startswith("error: "), proc.stderr
         assert not run_dir.exists(), bad
-    proc = subprocess.run([sys.executable, "run.py", "hydra.run.dir=/proc/1/run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "run.py", "hydra.run.dir=/proc/1/run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "error: run directory (hydra.run.dir)='/proc/1/run' is not writable" in proc.stderr
 
 

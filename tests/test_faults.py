@@ -57,8 +57,14 @@ def callbacks_for(run_dir: Path, *extra) -> list:
     ckpts = run_dir / "checkpoints"
     return [
         LastCheckpoint(dirpath=str(ckpts), every_n_steps=5, every_minutes=None),
-        ModelCheckpoint(dirpath=str(ckpts), filename="best-step{step}", auto_insert_metric_name=False,
-                        monitor="val/loss", mode="min", save_top_k=1),  # fmt: skip
+        ModelCheckpoint(
+            dirpath=str(ckpts),
+            filename="best-step{step}",
+            auto_insert_metric_name=False,
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+        ),
         AveragedWeights(kind="ema", decay=0.9),
         LossSpikes(window=5, warmup=2),
         *extra,
@@ -112,8 +118,9 @@ def test_killed_right_after_a_step_checkpoint(tmp_path, cache_dir, uninterrupted
     reference, _ = uninterrupted
     run_dir = tmp_path / "run"
     with pytest.raises(Killed):
-        fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir),
-            checkpoint_io=KillAfterSave("last", 15))  # fmt: skip
+        fit(
+            averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir), checkpoint_io=KillAfterSave("last", 15)
+        )
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 15
     fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir))  # the same call again: resumes
     assert_same_state(run_dir, reference)
@@ -124,8 +131,9 @@ def test_killed_between_the_final_validations_two_saves(tmp_path, cache_dir, uni
     reference, ref_results = uninterrupted
     run_dir = tmp_path / "run"
     with pytest.raises(Killed):
-        fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir),
-            checkpoint_io=KillAfterSave("best", 20))  # fmt: skip
+        fit(
+            averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir), checkpoint_io=KillAfterSave("best", 20)
+        )
     assert {p.name for p in (run_dir / "checkpoints").glob("best-*")} == {"best-step10.ckpt", "best-step20.ckpt"}
     results = fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir))
     assert results.best_val_loss == ref_results.best_val_loss and results.val_loss == ref_results.val_loss
@@ -143,7 +151,11 @@ def test_killed_before_the_first_checkpoint_restarts_a_clean_curve(tmp_path, cac
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_second_run_in_a_locked_directory_is_refused(tmp_path, cache_dir):
@@ -174,8 +186,11 @@ def test_a_refused_resume_writes_nothing(tmp_path):
     cache = tmp_path / "cache"
     a, b = write_corpus(tmp_path / "a", "alpha beta gamma"), write_corpus(tmp_path / "b", "delta epsilon")
     run = smoke(cache, max_steps=4, val_every=4, val_tokens=1024)
-    run = replace(run, data=DataConfig(name="mine", source="local", path=str(a), val_fraction=0.05, cache_dir=str(cache)),
-                  model=replace(run.model, block_size=32))  # fmt: skip
+    run = replace(
+        run,
+        data=DataConfig(name="mine", source="local", path=str(a), val_fraction=0.05, cache_dir=str(cache)),
+        model=replace(run.model, block_size=32),
+    )
     run_dir = tmp_path / "run"
     fit(run, run_dir)
     before, cached = snapshot(run_dir), snapshot(cache)
@@ -222,8 +237,12 @@ class DiskFull(AtomicCheckpointIO):
 
 def test_a_full_disk_stops_the_run_with_the_previous_checkpoint_intact(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
-    results = fit(smoke(cache_dir, max_steps=20, val_every=20), run_dir, callbacks=callbacks_for(run_dir),
-                  checkpoint_io=DiskFull(2))  # fmt: skip
+    results = fit(
+        smoke(cache_dir, max_steps=20, val_every=20),
+        run_dir,
+        callbacks=callbacks_for(run_dir),
+        checkpoint_io=DiskFull(2),
+    )
     assert results.stop_reason == "failed" and "No space left on device" in results.failure
     assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 5
     assert not list((run_dir / "checkpoints").glob(".*.tmp"))
@@ -236,8 +255,11 @@ def test_token_ids_beyond_the_vocabulary_are_refused_when_the_files_open(tmp_pat
     from lm_lab.data.tokenizers import TokenizerConfig
 
     corpus = write_corpus(tmp_path / "c", "some words")
-    folder = prepare(DataConfig(name="c", source="local", path=str(corpus), cache_dir=str(tmp_path / "cache"),
-                                num_proc=1), TokenizerConfig(name="bytes", vocab_size=257), progress=False)  # fmt: skip
+    folder = prepare(
+        DataConfig(name="c", source="local", path=str(corpus), cache_dir=str(tmp_path / "cache"), num_proc=1),
+        TokenizerConfig(name="bytes", vocab_size=257),
+        progress=False,
+    )
     meta = read_meta(folder)
     assert meta["splits"]["train"]["shards"][0]["max_id"] == 256  # the end-of-text id
     meta["vocab_size"] = 200  # as if the files came from a larger vocabulary than the run's
@@ -258,4 +280,3 @@ def test_a_file_that_is_not_a_tokenizer_is_named(tmp_path):
     bogus.write_text("this is not a tokenizer")
     with pytest.raises(ConfigError, match=r"tokenizer\.json is not a tokenizer file .* point tokenizer\.path at"):
         load_tokenizer(TokenizerConfig(name="hf", path=str(bogus), vocab_size=300))
-

@@ -156,14 +156,47 @@ def test_final_evaluation_on_the_whole_held_out_split(tmp_path, cache_dir):
 # the end, recorded before the library refactor (run.py of commit 5b59d66 + `train.max_steps=40`). Any change to
 # the numerics (model, init, data order, optimizer, schedule) changes these.
 GOLDEN_LOSSES = [
-    8.330571174621582, 8.33326244354248, 8.301750183105469, 8.28032398223877, 8.234127044677734, 8.210987091064453,
-    8.162501335144043, 8.17557430267334, 8.151466369628906, 8.138845443725586, 8.04710578918457, 8.03228759765625,
-    8.03585147857666, 8.020796775817871, 7.969435214996338, 7.893877983093262, 7.857842922210693, 7.8275837898254395,
-    7.805881500244141, 7.766688346862793, 7.719902992248535, 7.62105655670166, 7.617245197296143, 7.5368428230285645,
-    7.456954002380371, 7.414466381072998, 7.414216995239258, 7.323061466217041, 7.230900287628174, 7.2067413330078125,
-    7.193188667297363, 7.081920146942139, 7.132078647613525, 6.981170177459717, 6.97585916519165, 6.919224739074707,
-    6.881758213043213, 6.734852313995361, 6.688117504119873, 6.7119364738464355,
-]  # fmt: skip
+    8.330571174621582,
+    8.33326244354248,
+    8.301750183105469,
+    8.28032398223877,
+    8.234127044677734,
+    8.210987091064453,
+    8.162501335144043,
+    8.17557430267334,
+    8.151466369628906,
+    8.138845443725586,
+    8.04710578918457,
+    8.03228759765625,
+    8.03585147857666,
+    8.020796775817871,
+    7.969435214996338,
+    7.893877983093262,
+    7.857842922210693,
+    7.8275837898254395,
+    7.805881500244141,
+    7.766688346862793,
+    7.719902992248535,
+    7.62105655670166,
+    7.617245197296143,
+    7.5368428230285645,
+    7.456954002380371,
+    7.414466381072998,
+    7.414216995239258,
+    7.323061466217041,
+    7.230900287628174,
+    7.2067413330078125,
+    7.193188667297363,
+    7.081920146942139,
+    7.132078647613525,
+    6.981170177459717,
+    6.97585916519165,
+    6.919224739074707,
+    6.881758213043213,
+    6.734852313995361,
+    6.688117504119873,
+    6.7119364738464355,
+]
 GOLDEN_VAL_LOSS = 6.67238712310791
 
 
@@ -204,9 +237,96 @@ def test_the_readme_notebook_example_runs(tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LM_LAB_CACHE", str(cache_dir))
     # shrink the run the example makes (the same code path; only the numbers differ)
-    code = code.replace("RunConfig()", "RunConfig(model=ModelConfig.preset('gpt2_tiny', n_layer=1, d_model=32, n_head=2, block_size=64), train=TrainConfig(max_steps=3, batch_size=4, val_every=3, val_tokens=2048), scheduler=SchedulerConfig(warmup_steps=1), trainer=QUIET)")  # fmt: skip
+    code = code.replace(
+        "RunConfig()",
+        "RunConfig(model=ModelConfig.preset('gpt2_tiny', n_layer=1, d_model=32, n_head=2, block_size=64), train=TrainConfig(max_steps=3, batch_size=4, val_every=3, val_tokens=2048), scheduler=SchedulerConfig(warmup_steps=1), trainer=QUIET)",
+    )
     scope = {"ModelConfig": ModelConfig, "TrainConfig": TrainConfig, "SchedulerConfig": SchedulerConfig, "QUIET": QUIET}
     exec(compile(code, "README.md", "exec"), scope)
     results = scope["results"]
     assert results.steps == 3 and (tmp_path / "runs" / "notebook" / "results.json").exists()
     assert json.loads((tmp_path / "runs" / "notebook" / "results.json").read_text())["val_loss"] == results.val_loss
+
+
+def schedule_free(cache_dir: Path, max_steps: int) -> RunConfig:
+    run = smoke(cache_dir, max_steps=max_steps, val_every=6)
+    return replace(
+        run,
+        optimizer=OptimizerConfig(name="schedule_free", lr=2e-3, warmup_steps=2),
+        scheduler=SchedulerConfig(name="constant", warmup_steps=0),
+    )
+
+
+def sf_callbacks(run_dir: Path) -> list:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    snapshots = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=4,
+        save_top_k=-1,
+    )
+    return [*default_callbacks(run_dir), snapshots]
+
+
+def test_schedule_free_checkpoints_hold_the_evaluation_weights_and_resume_exactly(tmp_path, cache_dir):
+    pytest.importorskip("schedulefree")
+    whole = fit(schedule_free(cache_dir, 12), tmp_path / "whole", callbacks=sf_callbacks(tmp_path / "whole"))
+    # a step checkpoint (saved in train mode) and last.ckpt (saved after a validation, in eval mode) alike
+    for name in ("step4.ckpt", "step8.ckpt", "last.ckpt"):
+        ckpt = read_checkpoint(tmp_path / "whole" / "checkpoints" / name)
+        x = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        y = ckpt["schedule_free_train_weights"]
+        beta1 = ckpt["optimizer_states"][0]["param_groups"][0]["betas"][0]
+        z = ckpt["optimizer_states"][0]["state"][0]["z"]  # the first parameter: the token embedding
+        torch.testing.assert_close(x["wte.weight"], torch.lerp(y["wte.weight"], z, 1 - 1 / beta1))
+        assert not torch.equal(x["wte.weight"], y["wte.weight"])
+        _, model = load_model(tmp_path / "whole" / "checkpoints" / name)  # what tools read is x
+        assert torch.equal(model.state_dict()["wte.weight"], x["wte.weight"])
+    # the final weights scored in results are x: load_model's model scores val_loss
+    # resumed from the checkpoint written after the validation at step 6: the same run, bit for bit
+    fit(schedule_free(cache_dir, 6), tmp_path / "resumed", callbacks=sf_callbacks(tmp_path / "resumed"))
+    resumed = fit(schedule_free(cache_dir, 12), tmp_path / "resumed", callbacks=sf_callbacks(tmp_path / "resumed"))
+    assert resumed.starts == 2 and resumed.val_loss == whole.val_loss
+    a, b = (read_checkpoint(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("whole", "resumed"))
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert all(
+        torch.equal(a["schedule_free_train_weights"][k], b["schedule_free_train_weights"][k])
+        for k in a["schedule_free_train_weights"]
+    )
+
+
+def test_sample_from_a_checkpoint(tmp_path, cache_dir, capsys):
+    from lm_lab.cli import main
+    from lm_lab.sample import checkpoint_tokenizer, generate
+
+    fit(smoke(cache_dir, max_steps=6), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert main(["sample", str(ckpt), "--prompt", "def main(", "--tokens", "12", "--temperature", "0"]) == 0
+    greedy = capsys.readouterr().out.rstrip("\n")
+    cfg, model = load_model(ckpt)
+    tokenizer = checkpoint_tokenizer(ckpt)
+    ids = generate(
+        model, tokenizer.encode("def main("), 12, vocab_size=cfg.vocab_size, block_size=cfg.block_size, temperature=0
+    )
+    assert greedy == tokenizer.decode(ids) and len(ids) == 12
+    # top-k 1 is greedy whatever the temperature; seeds make sampling reproducible, and different
+    assert generate(
+        model, [1, 2, 3], 8, vocab_size=cfg.vocab_size, block_size=cfg.block_size, temperature=2.0, top_k=1
+    ) == generate(model, [1, 2, 3], 8, vocab_size=cfg.vocab_size, block_size=cfg.block_size, temperature=0)
+    assert main(["sample", str(tmp_path / "run"), "--seed", "1", "--tokens", "20", "--temperature", "1.5"]) == 0
+    first = capsys.readouterr().out
+    assert main(["sample", str(tmp_path / "run"), "--seed", "1", "--tokens", "20", "--temperature", "1.5"]) == 0
+    assert capsys.readouterr().out == first
+    assert main(["sample", str(tmp_path / "run"), "--seed", "2", "--tokens", "20", "--temperature", "1.5"]) == 0
+    assert capsys.readouterr().out != first
+
+
+def test_the_readme_lists_exactly_the_results_keys():
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### `results.json`")[1].split("\n## ")[0]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    listed = [key for cell in rows for key in re.findall(r"`([a-z_]+)`", cell)]
+    assert sorted(listed) == sorted(Results.json_keys()) and len(listed) == len(set(listed))

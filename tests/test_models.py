@@ -158,9 +158,13 @@ def test_parity_with_huggingface_gpt2():
     }
     for i in range(2):
         for ours_name, hf_name in [
-            ("ln_1", "ln_1"), ("ln_2", "ln_2"), ("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"), ("mlp.proj", "mlp.c_proj"),
-        ]:  # fmt: skip
+            ("ln_1", "ln_1"),
+            ("ln_2", "ln_2"),
+            ("attn.qkv", "attn.c_attn"),
+            ("attn.proj", "attn.c_proj"),
+            ("mlp.fc", "mlp.c_fc"),
+            ("mlp.proj", "mlp.c_proj"),
+        ]:
             for p in ("weight", "bias"):
                 mapping[f"blocks.{i}.{ours_name}.{p}"] = f"h.{i}.{hf_name}.{p}"
     state = {}

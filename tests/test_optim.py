@@ -98,10 +98,18 @@ class Windows(L.LightningDataModule):
 
 def tiny_trainer(tmp_path, callbacks, steps=6):
     return L.Trainer(
-        accelerator="cpu", max_steps=steps, val_check_interval=3, check_val_every_n_epoch=None, num_sanity_val_steps=0,
-        callbacks=callbacks, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path,
-    )  # fmt: skip
+        accelerator="cpu",
+        max_steps=steps,
+        val_check_interval=3,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
 
 
 class ScheduleFreeProbe(L.Callback):

@@ -26,12 +26,21 @@ ROOT = Path(__file__).resolve().parent.parent
 def command(run_dir: Path, losses: Path, *extra: str) -> list[str]:
     """A small run with dropout (so the random state matters), checkpoints every 5 steps, validation every 10."""
     return [
-        sys.executable, "run.py", "experiment=smoke", "trainer=cpu", "train.max_steps=30", "train.val_every=10",
-        "model.dropout=0.1", "callbacks.last_checkpoint.every_n_steps=5", "~callbacks.progress_bar",
+        sys.executable,
+        "run.py",
+        "experiment=smoke",
+        "trainer=cpu",
+        "train.max_steps=30",
+        "train.val_every=10",
+        "model.dropout=0.1",
+        "callbacks.last_checkpoint.every_n_steps=5",
+        "~callbacks.progress_bar",
         "trainer.enable_progress_bar=false",
-        "+callbacks.losses._target_=tests.helpers.LossRecorder", f"+callbacks.losses.path={losses}",
-        f"hydra.run.dir={run_dir}", *extra,
-    ]  # fmt: skip
+        "+callbacks.losses._target_=tests.helpers.LossRecorder",
+        f"+callbacks.losses.path={losses}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
 
 
 def env(cache: Path) -> dict:
@@ -114,8 +123,13 @@ def test_killed_while_writing_a_checkpoint(tmp_path, cache_dir, reference):
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_nonfinite_gradient_guard(tmp_path, cache_dir, policy):
-    cmd = command(tmp_path / "run", tmp_path / "losses.jsonl", f"train.on_nonfinite={policy}",
-                  "+callbacks.nan._target_=tests.helpers.InjectNaN", "+callbacks.nan.step=13")  # fmt: skip
+    cmd = command(
+        tmp_path / "run",
+        tmp_path / "losses.jsonl",
+        f"train.on_nonfinite={policy}",
+        "+callbacks.nan._target_=tests.helpers.InjectNaN",
+        "+callbacks.nan.step=13",
+    )
     proc = run(cmd, cache_dir)
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     last = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
@@ -147,7 +161,10 @@ def test_finished_runs_incompatible_resumes_and_a_lost_final_validation(tmp_path
     proc = run(command(run_dir, tmp_path / "losses.jsonl", "model.n_layer=3"), cache_dir)
     # judged by the tensors' shapes; the config field that differs is named first
     assert proc.returncode == 2, proc.stderr
-    assert "does not fit this run (model.n_layer: checkpoint 2, this run 3; missing tensors: blocks.2.ln_1.weight" in proc.stderr
+    assert (
+        "does not fit this run (model.n_layer: checkpoint 2, this run 3; missing tensors: blocks.2.ln_1.weight"
+        in proc.stderr
+    )
     assert (run_dir / "results.json").read_text() == before
     # another optimizer cannot take over the checkpoint's optimizer state
     proc = run(command(run_dir, tmp_path / "losses.jsonl", "optimizer=muon"), cache_dir)
@@ -257,7 +274,9 @@ def test_sigterm_and_sigint_save_at_the_next_step_then_exit(tmp_path, cache_dir,
     """What SLURM sends before a time limit (SIGTERM) or a user's Ctrl-C (SIGINT): the run saves at the next step
     boundary and exits 130, losing no step; the same command resumes it, bit-exact."""
     cmd = command(tmp_path / "run", tmp_path / "losses.jsonl", "callbacks.last_checkpoint.every_n_steps=1000")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     deadline, seen = time.time() + 180, 0
     while time.time() < deadline and proc.poll() is None:
         lines = (tmp_path / "losses.jsonl").read_text().splitlines() if (tmp_path / "losses.jsonl").exists() else []

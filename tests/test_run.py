@@ -1,4 +1,5 @@
-"""`python run.py` end to end, as a user runs it: a real process, real files in the run directory."""
+"""`python run.py` end to end: the run directory's files (in-process, through run.py's glue), and Ctrl-C in a
+real process."""
 
 import json
 import math
@@ -18,15 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULT_KEYS = set(Results.json_keys())
 
 
-def run(args: list[str], cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LM_LAB_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
 @pytest.mark.slow
-def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
+def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir, monkeypatch):
     # 25 steps with validation every 10: the end falls between validations, and the final weights are still
     # scored inside fit, so they are logged and checkpointed like any validation
     out = tmp_path / "run"
@@ -37,10 +31,13 @@ def test_run_writes_results_logs_and_checkpoints(tmp_path, cache_dir):
         "trainer=cpu",
         "callbacks.throughput.window_size=2",
     ]
-    overrides = [*task, f"hydra.run.dir={out}"]
-    proc = run(overrides, cache_dir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from lm_lab.config import compose
+    from lm_lab.launch import fit_from_config
+
+    monkeypatch.setenv("LM_LAB_CACHE", str(cache_dir))
+    returned = fit_from_config(compose([*task, f"run_dir={out}"]), task)  # what run.py does, in this process
     results = json.loads((out / "results.json").read_text())
+    assert results == returned.to_dict()
     assert set(results) == RESULT_KEYS
     assert results["steps"] == 25 and results["stop_reason"] == "max_steps" and results["val_step"] == 25
     assert results["tokens"] == 25 * 8 * 128 == results["steps"] * results["tokens_per_step"]

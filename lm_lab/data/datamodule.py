@@ -97,16 +97,23 @@ class LMDataModule(L.LightningDataModule):
         if self.trainer is None or self.trainer.is_global_zero:
             log.info(
                 "data %s (%s): %s train / %s val tokens, tokenizer %s, files in %s",
-                self.cfg.name, self.cfg.mode, "streamed" if self.streaming else f"{len(self.train):,}",
-                f"{len(self.val):,}", self.tokenizer.name, folder,
-            )  # fmt: skip
+                self.cfg.name,
+                self.cfg.mode,
+                "streamed" if self.streaming else f"{len(self.train):,}",
+                f"{len(self.val):,}",
+                self.tokenizer.name,
+                folder,
+            )
             max_steps = getattr(self.trainer, "max_steps", -1) if self.trainer is not None else -1
             planned = self.epochs_at(max_steps) if max_steps > 0 else None
             if planned is not None and planned > 1:
                 (log.warning if planned >= 10 else log.info)(
                     "train.max_steps=%d reads the train split of data.name=%s %.1f times; for fewer repeats use a "
-                    "larger corpus (e.g. data=slimpajama_6b tokenizer=gpt2)", max_steps, self.cfg.name, planned,
-                )  # fmt: skip
+                    "larger corpus (e.g. data=slimpajama_6b tokenizer=gpt2)",
+                    max_steps,
+                    self.cfg.name,
+                    planned,
+                )
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
@@ -118,14 +125,27 @@ class LMDataModule(L.LightningDataModule):
         self._train_start = start
         if self.streaming:
             dataset = StreamWindows(
-                self.cfg, self.tokenizer.spec, self.tokenizer.vocab_size, self.seq_len, self.micro_batch_size,
-                self.seed, rank=rank, world=world, start=start,
-            )  # fmt: skip
+                self.cfg,
+                self.tokenizer.spec,
+                self.tokenizer.vocab_size,
+                self.seq_len,
+                self.micro_batch_size,
+                self.seed,
+                rank=rank,
+                world=world,
+                start=start,
+            )
         else:
             dataset = TrainWindows(
-                self.train, self.seq_len, self.micro_batch_size, self.batch_size, self.seed,
-                rank=rank, world=world, start=start,
-            )  # fmt: skip
+                self.train,
+                self.seq_len,
+                self.micro_batch_size,
+                self.batch_size,
+                self.seed,
+                rank=rank,
+                world=world,
+                start=start,
+            )
         return DataLoader(dataset, batch_size=None, num_workers=self.cfg.num_workers, pin_memory=self._on_cuda())
 
     def val_dataloader(self) -> DataLoader:
@@ -171,10 +191,13 @@ class LMDataModule(L.LightningDataModule):
         """What a resume must match to read the same tokens; a stream's order also depends on how it was split
         among readers."""
         stream = {
-            "path": self.cfg.path, "revision": self.cfg.revision, "shuffle_buffer": self.cfg.shuffle_buffer,
-            "world_size": self._rank_world()[1], "num_workers": self.cfg.num_workers,
+            "path": self.cfg.path,
+            "revision": self.cfg.revision,
+            "shuffle_buffer": self.cfg.shuffle_buffer,
+            "world_size": self._rank_world()[1],
+            "num_workers": self.cfg.num_workers,
             "micro_batch_size": self.micro_batch_size,
-        }  # fmt: skip
+        }
         return {
             "data": self.cfg.name,
             "mode": self.cfg.mode,

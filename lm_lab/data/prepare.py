@@ -53,8 +53,13 @@ def get_tokenizer(cfg: DataConfig, tok_cfg: TokenizerConfig) -> Tokenizer:
         return load_tokenizer(tok_cfg)
     path = corpus_root(cfg) / f"{tok_cfg.cache_key}.tokenizer.json"
     if not path.exists():
-        log.info("training a %d-id byte-level BPE on up to %.3g bytes of %s's training split (once; cached at %s)",
-                 tok_cfg.vocab_size, tok_cfg.train_bytes, cfg.name, path)  # fmt: skip
+        log.info(
+            "training a %d-id byte-level BPE on up to %.3g bytes of %s's training split (once; cached at %s)",
+            tok_cfg.vocab_size,
+            tok_cfg.train_bytes,
+            cfg.name,
+            path,
+        )
         BPETokenizer.train(_training_texts(cfg, tok_cfg.train_bytes), tok_cfg.vocab_size).save(path)
     return load_tokenizer(tok_cfg, trained_path=path)
 
@@ -233,13 +238,26 @@ def prepare(cfg: DataConfig, tok_cfg: TokenizerConfig, *, val_only: bool = False
         total = sum(s["tokens"] for s in splits.values()) + dropped["tokens"]
         meta = {
             "format": FORMAT_VERSION,
-            "name": cfg.name, "source": cfg.source, "path": cfg.path, "config": cfg.config, "revision": cfg.revision,
-            "split": cfg.split, "text_field": cfg.text_field, "fingerprint": fingerprint(cfg),
-            "val_fraction": cfg.val_fraction, "val_split_tokens": cfg.val_split_tokens, "val_from": cfg.val_from,
-            "tokenizer": tokenizer.name, "vocab_size": tokenizer.vocab_size, "eot_id": tokenizer.eot_id, "dtype": dtype.name,
-            "splits": splits, "held_out_beyond_cap": dropped,
-            "seconds": round(seconds, 2), "tokens_per_sec": round(total / max(seconds, 1e-9)),
-        }  # fmt: skip
+            "name": cfg.name,
+            "source": cfg.source,
+            "path": cfg.path,
+            "config": cfg.config,
+            "revision": cfg.revision,
+            "split": cfg.split,
+            "text_field": cfg.text_field,
+            "fingerprint": fingerprint(cfg),
+            "val_fraction": cfg.val_fraction,
+            "val_split_tokens": cfg.val_split_tokens,
+            "val_from": cfg.val_from,
+            "tokenizer": tokenizer.name,
+            "vocab_size": tokenizer.vocab_size,
+            "eot_id": tokenizer.eot_id,
+            "dtype": dtype.name,
+            "splits": splits,
+            "held_out_beyond_cap": dropped,
+            "seconds": round(seconds, 2),
+            "tokens_per_sec": round(total / max(seconds, 1e-9)),
+        }
         atomic_write_json(tmp / "meta.json", meta)
         try:
             tmp.rename(out)
@@ -251,8 +269,13 @@ def prepare(cfg: DataConfig, tok_cfg: TokenizerConfig, *, val_only: bool = False
     train = "training streams on the fly" if val_only else f"{splits['train']['tokens']:,} train"
     log.info(
         "prepared %s in %.1f s: %s / %s val tokens (%d held-out docs beyond the cap left out) -> %s",
-        cfg.name, seconds, train, f"{splits['val']['tokens']:,}", dropped["documents"], out,
-    )  # fmt: skip
+        cfg.name,
+        seconds,
+        train,
+        f"{splits['val']['tokens']:,}",
+        dropped["documents"],
+        out,
+    )
     return out
 
 

@@ -40,9 +40,15 @@ def read_meta(token_dir: Path) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); delete {token_dir} and prepare it again") from None
-    missing = [k for k in ("format", "tokenizer", "vocab_size", "dtype", "splits") if k not in meta] if isinstance(meta, dict) else ["all"]  # fmt: skip
+    missing = (
+        [k for k in ("format", "tokenizer", "vocab_size", "dtype", "splits") if k not in meta]
+        if isinstance(meta, dict)
+        else ["all"]
+    )
     if missing:
-        raise ConfigError(f"{path} lacks {missing}: not made by lm_lab's prepare; delete {token_dir} and prepare it again")
+        raise ConfigError(
+            f"{path} lacks {missing}: not made by lm_lab's prepare; delete {token_dir} and prepare it again"
+        )
     return meta
 
 

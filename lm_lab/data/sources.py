@@ -78,9 +78,13 @@ def open_dataset(cfg: DataConfig, split: str, streaming: bool = True):
             )
         try:
             return datasets.load_dataset(
-                cfg.path, cfg.config, split=split, revision=cfg.revision, cache_dir=cfg.hf_cache_dir,
+                cfg.path,
+                cfg.config,
+                split=split,
+                revision=cfg.revision,
+                cache_dir=cfg.hf_cache_dir,
                 streaming=streaming and not _offline(),
-            )  # fmt: skip
+            )
         except ImportError as e:  # e.g. .jsonl.zst files without zstandard
             raise ConfigError(f"data.path={cfg.path!r} needs a package to decompress its files: {e}") from e
         except RuntimeError as e:

@@ -29,8 +29,19 @@ from lm_lab.data.windows import _worker
 class StreamWindows(IterableDataset):
     """This rank's training micro-batches, (micro, seq_len + 1) int64, tokenised from the stream, forever."""
 
-    def __init__(self, cfg: DataConfig, tokenizer_spec: tuple, vocab_size: int, seq_len: int, micro: int, seed: int,
-                 *, rank: int = 0, world: int = 1, start: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer_spec: tuple,
+        vocab_size: int,
+        seq_len: int,
+        micro: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
+    ):
         self.cfg, self.spec, self.dtype = cfg, tokenizer_spec, token_dtype(vocab_size)
         self.seq_len, self.micro, self.seed = seq_len, micro, seed
         self.rank, self.world, self.start = rank, world, start

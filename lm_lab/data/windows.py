@@ -62,8 +62,18 @@ def _worker() -> tuple[int, int]:
 class TrainWindows(IterableDataset):
     """This rank's training micro-batches, (micro, seq_len + 1) int64, from global micro-batch `start` on, forever."""
 
-    def __init__(self, shards: TokenShards, seq_len: int, micro: int, batch_size: int, seed: int, *,
-                 rank: int = 0, world: int = 1, start: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        shards: TokenShards,
+        seq_len: int,
+        micro: int,
+        batch_size: int,
+        seed: int,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        start: int = 0,
+    ):
         if start % world:
             raise ValueError(f"start={start} must be a multiple of the world size {world}")
         self.shards, self.seq_len, self.micro = shards, seq_len, micro

@@ -31,7 +31,9 @@ class AveragingConfig:
             found.append(f"{where}.kind={self.kind!r} is unknown; use ema or swa")
         if isinstance(self.decay, bool) or not (isinstance(self.decay, float | int) and 0 < self.decay < 1):
             found.append(f"{where}.decay={self.decay!r} must be in (0, 1), e.g. 0.999")
-        if isinstance(self.every_n_steps, bool) or not (isinstance(self.every_n_steps, int) and self.every_n_steps >= 1):
+        if isinstance(self.every_n_steps, bool) or not (
+            isinstance(self.every_n_steps, int) and self.every_n_steps >= 1
+        ):
             found.append(f"{where}.every_n_steps={self.every_n_steps!r} must be an integer >= 1")
         if isinstance(self.start_step, bool) or not (isinstance(self.start_step, int) and self.start_step >= 0):
             found.append(f"{where}.start_step={self.start_step!r} must be an integer >= 0")

@@ -43,7 +43,9 @@ class OptimizerConfig:
         problems = []
         if self.name not in OPTIMIZERS:
             problems.append(f"optimizer.name={self.name!r} is unknown; choose one of {list(OPTIMIZERS)}")
-        if isinstance(self.lr, bool) or not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
+        if isinstance(self.lr, bool) or not (
+            isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0
+        ):
             problems.append(f"optimizer.lr={self.lr!r} must be a positive number, e.g. 1e-3")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"optimizer.betas={list(self.betas)} must be two numbers in [0, 1), e.g. [0.9, 0.95]")

@@ -127,8 +127,16 @@ def cooldown(t: float, shape: str, final_lr_frac: float) -> float:
     return f + (1 - f) * g
 
 
-def wsd(step: int, *, warmup_steps: int, total_steps: int, cooldown_steps: int, shape: str, final_lr_frac: float,
-        start_frac: float = 0.01) -> float:  # fmt: skip
+def wsd(
+    step: int,
+    *,
+    warmup_steps: int,
+    total_steps: int,
+    cooldown_steps: int,
+    shape: str,
+    final_lr_frac: float,
+    start_frac: float = 0.01,
+) -> float:
     """Warmup-stable-decay: warmup, hold at 1 until `total_steps - cooldown_steps`, then the cooldown."""
     if step < warmup_steps:
         return warmup(step, warmup_steps, start_frac)
@@ -140,8 +148,9 @@ def wsd(step: int, *, warmup_steps: int, total_steps: int, cooldown_steps: int, 
     return cooldown((step - hold_until) / cooldown_steps, shape, final_lr_frac)
 
 
-def cosine_restarts(step: int, *, warmup_steps: int, period: int, mult: float, final_lr_frac: float,
-                    start_frac: float = 0.01) -> float:  # fmt: skip
+def cosine_restarts(
+    step: int, *, warmup_steps: int, period: int, mult: float, final_lr_frac: float, start_frac: float = 0.01
+) -> float:
     """SGDR (Loshchilov & Hutter 2017): cosine cycles from 1 to `final_lr_frac`, each `mult` times longer."""
     if step < warmup_steps:
         return warmup(step, warmup_steps, start_frac)
