@@ -22,6 +22,8 @@ from lm_lab.optim.averaging import AveragingConfig
 
 
 class AveragedWeights(WeightAveraging):
+    settings = AveragingConfig  # lm_lab.config checks a configured one with it before any work
+
     def __init__(self, kind: str = "ema", decay: float = 0.999, start_step: int = 0, every_n_steps: int = 1):
         AveragingConfig(kind, decay, start_step, every_n_steps)  # lm_lab.config checks a configured one first
         # EMA: w <- decay * w + (1 - decay) * theta; SWA: the equal-weight mean of every update averaged in

@@ -31,7 +31,6 @@ from lm_lab.data.tokenizers import TokenizerConfig
 from lm_lab.errors import ConfigError, raise_if
 from lm_lab.models import ModelConfig
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, lr_multiplier
-from lm_lab.optim.averaging import AveragingConfig
 
 
 def _positive_int(value) -> bool:
@@ -464,10 +463,9 @@ def _check_target(where: str, item: dict) -> list[str]:
         target = locate(item["_target_"])
     except ConfigError as e:
         return [f"{where}._target_: {e.problems[0]}"]
-    from callbacks.averaging import AveragedWeights
-
-    if isinstance(target, type) and issubclass(target, AveragedWeights):
-        return AveragingConfig.problems(where, {k: v for k, v in item.items() if k != "_target_"})
+    settings = getattr(target, "settings", None)  # a lab callback names the dataclass that checks its settings
+    if isinstance(settings, type) and hasattr(settings, "problems"):
+        return settings.problems(where, {k: v for k, v in item.items() if k != "_target_"})
     return []
 
 

@@ -134,6 +134,8 @@ def fit(
                     tr.max_steps,
                     run_dir / "results.json",
                 )
+                done.module = module_cls(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
+                done.module.load_state_dict(ckpt["state_dict"])  # its final weights (x for schedule-free)
                 return done
         elif run.init.name == "weights":
             weights = start_weights(run.init, run.model)  # mapped onto this model and checked, tensors named

@@ -57,6 +57,8 @@ def test_fit_twice_in_one_process_on_two_run_directories(tmp_path, cache_dir):
     a = fit(run, tmp_path / "a")
     b = fit(replace(run, train=replace(run.train, seed=7)), tmp_path / "b")
     again = fit(run, tmp_path / "a_again")  # nothing leaks from the calls before: the same numbers
+    finished = fit(run, tmp_path / "a")  # a finished run: returned as it is, with its trained model
+    assert finished == a and torch.equal(finished.module.model.wte.weight, a.module.model.wte.weight)
     assert a.val_loss == again.val_loss and a.best_val_loss == again.best_val_loss
     assert a.val_loss != b.val_loss and b.seed == 7
     for results, folder in ((a, "a"), (b, "b")):
@@ -223,7 +225,7 @@ def test_golden_loss_sequence_of_the_main_job(tmp_path, cache_dir):
     recorder = Losses()
     results = fit(golden_run(cache_dir), tmp_path / "run", callbacks=[recorder, *default_callbacks(tmp_path / "run")])
     assert len(recorder.losses) == 40
-    assert recorder.losses == pytest.approx(GOLDEN_LOSSES, rel=0, abs=2e-5)
+    assert recorder.losses == pytest.approx(GOLDEN_LOSSES, rel=0, abs=2e-5)  # bit-equal on the CI machine
     assert results.val_loss == pytest.approx(GOLDEN_VAL_LOSS, rel=0, abs=2e-5)
 
 

@@ -308,9 +308,9 @@ def check_meta(token_dir: Path, tokenizer: Tokenizer) -> dict:
         raise ConfigError(
             f"{token_dir} was prepared by an older lm_lab (format {meta.get('format')}); delete it to prepare again"
         )
-    if meta["tokenizer"] != tokenizer.name or meta["vocab_size"] != tokenizer.vocab_size:
+    if meta.get("tokenizer") != tokenizer.name or meta.get("vocab_size") != tokenizer.vocab_size:
         raise ConfigError(
-            f"token files in {token_dir} were made with tokenizer {meta['tokenizer']} ({meta['vocab_size']} ids) but this "
+            f"token files in {token_dir} were made with tokenizer {meta.get('tokenizer')} ({meta.get('vocab_size')} ids) but this "
             f"run uses {tokenizer.name} ({tokenizer.vocab_size} ids); delete {token_dir} to prepare them again"
         )
     return meta

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,8 @@ def read_meta(token_dir: Path) -> dict:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path} is not valid JSON ({e}); delete {token_dir} and prepare it again") from None
-    missing = (
-        [k for k in ("format", "tokenizer", "vocab_size", "dtype", "splits") if k not in meta]
-        if isinstance(meta, dict)
-        else ["all"]
-    )
+    needed = ("dtype", "splits")  # what reading the shards needs; check_meta checks the tokenizer's fields
+    missing = [k for k in needed if k not in meta] if isinstance(meta, dict) else list(needed)
     if missing:
         raise ConfigError(
             f"{path} lacks {missing}: not made by lm_lab's prepare; delete {token_dir} and prepare it again"
@@ -74,10 +72,10 @@ class TokenShards:
             # ids beyond the vocabulary would fail deep inside the embedding, mid-training: refuse them at open
             # (prepare records each shard's largest id; for files without it, read the shard once)
             max_id = shard.get("max_id", int(tokens.max()) if len(tokens) else -1)
-            if max_id >= meta["vocab_size"]:
+            if max_id >= meta.get("vocab_size", math.inf):
                 raise ConfigError(
                     f"token file {path} holds id {max_id}, beyond the {meta['vocab_size']} ids of tokenizer "
-                    f"{meta['tokenizer']}: it is damaged or from another tokenizer; delete {token_dir} and prepare it again"
+                    f"{meta.get('tokenizer')}: it is damaged or from another tokenizer; delete {token_dir} and prepare it again"
                 )
             self.maps.append(tokens)
         self.sizes = np.array([len(m) for m in self.maps], dtype=np.int64)
