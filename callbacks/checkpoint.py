@@ -63,7 +63,8 @@ class LastCheckpoint(Checkpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._since = self.clock()
         pending = self._restored.get("pending")
-        if pending and trainer.global_step == self._restored.get("global_step"):
+        same_run = self._restored.get("dirpath") == str(self.path.parent)  # a fork starts a curve of its own
+        if pending and same_run and trainer.global_step == self._restored.get("global_step"):
             for logger in trainer.loggers:  # the metrics a killed start was about to log after this checkpoint
                 logger.log_metrics(pending, step=self._restored["log_from"])
                 logger.save()
@@ -138,7 +139,12 @@ class LastCheckpoint(Checkpoint):
         if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
             return {}
         log_step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        state = {"global_step": trainer.global_step, "log_from": log_step + 1, "pending": None}
+        state = {
+            "global_step": trainer.global_step,
+            "log_from": log_step + 1,
+            "pending": None,
+            "dirpath": str(self.path.parent),
+        }
         if trainer.training:  # saved in on_train_batch_end: this step's metrics are not logged yet
             state["log_from"] = log_step
             connector = trainer._logger_connector

@@ -332,3 +332,29 @@ def test_the_readme_lists_exactly_the_results_keys():
     rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
     listed = [key for cell in rows for key in re.findall(r"`([a-z_]+)`", cell)]
     assert sorted(listed) == sorted(Results.json_keys()) and len(listed) == len(set(listed))
+
+
+def test_default_callbacks_and_loggers_are_the_yaml_ones(tmp_path):
+    """What `fit` uses from Python without callbacks= is what `python run.py` instantiates from conf/."""
+    from hydra.utils import instantiate
+
+    from lm_lab.config import compose
+    from lm_lab.train import default_loggers
+
+    cfg = compose([f"run_dir={tmp_path}"])
+    yaml_callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    mine = default_callbacks(tmp_path)
+
+    def settings(cb):
+        keep = ("path", "every_n_steps", "every_minutes", "dirpath", "filename", "monitor", "mode", "save_top_k",
+                "window_size", "refresh_rate")  # fmt: skip
+        state = {k: v for k, v in vars(cb).items() if k in keep or k.lstrip("_") in keep}
+        if hasattr(cb, "detector"):
+            state["detector"] = vars(cb.detector)
+        return type(cb), {k: str(v) for k, v in state.items()}
+
+    assert [settings(c) for c in mine] == [settings(c) for c in yaml_callbacks]
+    yaml_loggers = [instantiate(lg) for lg in cfg.logger.values()]
+    assert [(type(lg), lg.log_dir) for lg in default_loggers(tmp_path)] == [
+        (type(lg), lg.log_dir) for lg in yaml_loggers
+    ]
