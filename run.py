@@ -36,7 +36,9 @@ _FLAG_VALUES = {
     "--info",
     "--experimental-rerun",
 }
-_NO_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc", "--version"}
+_NO_RUN = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version"}
+# another primary config or search path: only Hydra itself composes what the command line means then
+_OTHER_CONFIG = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -48,7 +50,7 @@ def check_command_line(argv: list[str]) -> None:
 
     from lm_lab.config import compose
 
-    if any(a.split("=")[0] in _NO_RUN for a in argv):
+    if any(a.split("=")[0] in _NO_RUN | _OTHER_CONFIG for a in argv):
         return
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides, skip = [], False
@@ -61,8 +63,11 @@ def check_command_line(argv: list[str]) -> None:
         first = []
         for o in OverridesParser.create().parse_overrides(overrides):
             if o.is_sweep_override():
-                values = iter(o.sweep_string_iterator()) if o.is_discrete_sweep() else iter(())
-                value = next(values, None)
+                try:  # a glob sweep needs Hydra's config loader: checked by the runs it makes
+                    values = iter(o.sweep_string_iterator()) if o.is_discrete_sweep() else iter(())
+                    value = next(values, None)
+                except Exception:
+                    value = None
                 if value is None:
                     continue  # an interval for a sweeper to sample: checked by the run it makes
                 first.append(f"{o.get_key_element()}={value}")

@@ -50,6 +50,7 @@ class LastCheckpoint(Checkpoint):
         self._signal: str | None = None
         self._previous_handlers: dict = {}
         self._restored: dict = {}
+        self.resuming = False  # fit() sets it: this start resumes this run (not a fork of another)
 
     # -- when to save ------------------------------------------------------------------------------------------
 
@@ -63,12 +64,12 @@ class LastCheckpoint(Checkpoint):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._since = self.clock()
         pending = self._restored.get("pending")
-        same_run = self._restored.get("dirpath") == str(self.path.parent)  # a fork starts a curve of its own
-        if pending and same_run and trainer.global_step == self._restored.get("global_step"):
+        if pending and self.resuming and trainer.global_step == self._restored.get("global_step"):
             for logger in trainer.loggers:  # the metrics a killed start was about to log after this checkpoint
                 logger.log_metrics(pending, step=self._restored["log_from"])
                 logger.save()
         self._restored = {}
+        self._signal = None
         if self.stop_on_signals and threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -97,28 +98,35 @@ class LastCheckpoint(Checkpoint):
         if trainer.fit_loop._should_accumulate():
             return  # mid-accumulation: a resume could not restart here
         step = trainer.global_step
-        stop = self._stop_requested(trainer)
         validation_follows = (
             trainer.fit_loop.total_batch_idx + 1
         ) % trainer.val_check_batch == 0 or step >= trainer.max_steps
-        if validation_follows and not stop:
-            return
         by_steps = bool(self.every_n_steps) and step % self.every_n_steps == 0
         by_time = bool(self.every_minutes) and self.clock() - self._since >= 60 * self.every_minutes
+        stop, by_time = self._agreed(trainer, self._signal is not None, by_time)
+        if validation_follows:
+            return  # it saves right after the validation (and stops there, if asked to)
         if by_steps or by_time or stop:
             self._save(trainer, pl_module)
         if stop:
             raise StopRequested(f"{self._signal or 'a stop signal'} received")
 
-    def _stop_requested(self, trainer: L.Trainer) -> bool:
-        wanted = self._signal is not None
-        if trainer.world_size > 1:  # every rank stops at the same step
-            wanted = trainer.strategy.reduce_boolean_decision(wanted, all=False)
-        return wanted
+    @staticmethod
+    def _agreed(trainer: L.Trainer, stop: bool, by_time: bool) -> tuple[bool, bool]:
+        """Every rank must save (a collective) and stop at the same step: any rank's signal or clock decides."""
+        if trainer.world_size == 1:
+            return stop, by_time
+        flags = torch.tensor([float(stop), float(by_time)], device=trainer.strategy.root_device)
+        flags = trainer.strategy.reduce(flags, reduce_op="max")
+        return bool(flags[0]), bool(flags[1])
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking and trainer.state.fn == "fit":
-            self._save(trainer, pl_module)
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        self._save(trainer, pl_module)
+        stop, _ = self._agreed(trainer, self._signal is not None, False)
+        if stop and trainer.global_step < trainer.max_steps:  # at max_steps the run ends here anyway
+            raise StopRequested(f"{self._signal or 'a stop signal'} received")
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         finite = torch.stack([p.isfinite().all() for p in pl_module.parameters()]).all()
@@ -139,12 +147,7 @@ class LastCheckpoint(Checkpoint):
         if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
             return {}
         log_step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        state = {
-            "global_step": trainer.global_step,
-            "log_from": log_step + 1,
-            "pending": None,
-            "dirpath": str(self.path.parent),
-        }
+        state = {"global_step": trainer.global_step, "log_from": log_step + 1, "pending": None}
         if trainer.training:  # saved in on_train_batch_end: this step's metrics are not logged yet
             state["log_from"] = log_step
             connector = trainer._logger_connector
@@ -162,6 +165,8 @@ def _prune_unknown_best(trainer: L.Trainer) -> None:
     killed between saving a new best and deleting the old one leaves the old one behind for good otherwise."""
     for cb in trainer.checkpoint_callbacks:
         if not isinstance(cb, ModelCheckpoint) or cb.monitor is None or cb.save_top_k < 1 or not cb.dirpath:
+            continue
+        if not cb.best_k_models:  # nothing restored (a moved run directory, a strategy restoring later): keep all
             continue
         prefix = cb.filename.split("{")[0] if cb.filename else ""
         if not prefix:

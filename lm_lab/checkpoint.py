@@ -37,7 +37,9 @@ def read_checkpoint(path: Path) -> dict:
     return ckpt
 
 
-def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> tuple[Path | None, dict | None]:
+def resume_checkpoint(
+    ckpt_path: str | None, checkpoint_dir: Path, clean: bool = True
+) -> tuple[Path | None, dict | None]:
     """The checkpoint a run resumes from, opened and checked, or (None, None) for a fresh start.
 
     `last`: the run directory's newest good checkpoint (last.ckpt, or if that is damaged the newest other one,
@@ -46,8 +48,8 @@ def resume_checkpoint(ckpt_path: str | None, checkpoint_dir: Path) -> tuple[Path
     """
     if ckpt_path is None:
         return None, None
-    for stale in checkpoint_dir.glob(".*.tmp") if checkpoint_dir.is_dir() else []:
-        stale.unlink()  # a write cut short by a crash: never a checkpoint
+    for stale in checkpoint_dir.glob(".*.tmp") if clean and checkpoint_dir.is_dir() else []:
+        stale.unlink()  # a write cut short by a crash: never a checkpoint (only the run's lock holder cleans)
     found, damaged = [], []
     for path in sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []:
         try:

@@ -238,10 +238,6 @@ class InitConfig:
             problems.append(f"init.name={self.name!r} is unknown; choose one of {list(INITS)}")
         elif self.name != "random" and not self.path:
             problems.append(f"init={self.name} needs init.path=CHECKPOINT (e.g. RUN/checkpoints/step1000.ckpt)")
-        elif self.name != "random" and not Path(self.path).expanduser().is_file():
-            problems.append(
-                f"init.path={self.path!r} does not exist; give a checkpoint file (e.g. RUN/checkpoints/last.ckpt)"
-            )
         if self.map is not None and self.name != "weights":
             problems.append(f"init.map is for init=weights, not init={self.name}")
         if isinstance(self.map, str):
@@ -324,9 +320,7 @@ class RunConfig:
 
         `fork_step`: the step of the checkpoint an `init=fork` run starts from (a cooldown fork's length follows
         from it)."""
-        if self.derived:
-            return self
-        problems = []
+        problems = []  # (a derived config derives again to itself, a fork's length recomputed)
         tr, model, sched = self.train, self.model, self.scheduler
         world_size = self.trainer.world_size
         # the vocabulary: the tokenizer's, unless the model asks for more rows

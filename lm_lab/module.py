@@ -42,6 +42,7 @@ class LMModule(L.LightningModule):
         compile: bool = False,
         tokenizer: dict | None = None,
         data: dict | None = None,
+        fork_step: int | None = None,
     ):
         """`tokenizer`, `data`: the run's tokenizer and corpus settings, recorded in the checkpoint for tools
         that read a model back with its tokenizer (`lm-lab sample`)."""
@@ -64,6 +65,7 @@ class LMModule(L.LightningModule):
                 "compile": compile,
                 "tokenizer": tokenizer,
                 "data": data,
+                "fork_step": fork_step,  # init=fork: the source checkpoint's step (a cooldown fork's length follows)
             }
         )
         self.model = GPT(self.model_config)
@@ -146,6 +148,11 @@ class LMModule(L.LightningModule):
 
     def on_validation_start(self) -> None:
         self._optimizer_mode("eval")
+
+    def evaluation_weights(self) -> None:
+        """Leave the weights to evaluate in the model: schedule-free's x (other optimizers: nothing to do)."""
+        if self._trainer is not None:
+            self._optimizer_mode("eval")
 
     def on_validation_end(self) -> None:  # after the callbacks' on_validation_end: checkpoints hold x
         self._optimizer_mode("train")
@@ -285,5 +292,6 @@ class LMModule(L.LightningModule):
                 xs[name], ys[name] = p.detach().clone(), torch.lerp(p.detach(), z, 1 - beta1)
         checkpoint["state_dict"].update({f"model.{k}": v for k, v in xs.items()})
         checkpoint["schedule_free_train_weights"] = ys
-        for group in checkpoint["optimizer_states"][0]["param_groups"]:
-            group["train_mode"] = True  # its parameters are restored as y
+        for state in checkpoint.get("optimizer_states", [])[:1]:  # absent from a weights-only checkpoint
+            for group in state["param_groups"]:
+                group["train_mode"] = True  # its parameters are restored as y

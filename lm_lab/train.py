@@ -34,6 +34,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 
+from callbacks.checkpoint import LastCheckpoint
 from lm_lab.checkpoint import (
     check_compatible,
     check_fork_optimizer,
@@ -113,17 +114,27 @@ def fit(
         run = replace(run, init=init)
     # -- 1. check everything; nothing is written yet ---------------------------------------------------------
     check_run_dir(run_dir)
-    fork = read_checkpoint(Path(run.init.path).expanduser()) if run.init.name == "fork" else None
-    run = run.derive(fork_step=fork["global_step"] if fork is not None else None)
-    tr = run.train
-    preflight(run.data, run.tokenizer)
-    with RunLock(run_dir, enabled=rank_zero_only.rank == 0), _rank_zero_logs():
-        ckpt_path, ckpt = resume_checkpoint(resume, run_dir / "checkpoints")  # this run's own, first
-        resuming = ckpt is not None
-        weights = None
-        if not resuming and fork is not None:
-            ckpt_path, ckpt = Path(run.init.path).expanduser(), fork
-            check_fork_optimizer(ckpt_path, ckpt, run.optimizer, allow=run.init.allow_optimizer_change)
+    base, run = run, run.derive()  # every field and cross-group check before the run directory is touched
+    rank_zero = rank_zero_only.rank == 0
+    with RunLock(run_dir, enabled=rank_zero), _rank_zero_logs():
+        ckpt_path, ckpt = resume_checkpoint(resume, run_dir / "checkpoints", clean=rank_zero)  # this run's own
+        resuming, fork, weights = ckpt is not None, None, None
+        if resuming:  # a resumed fork keeps the length its first start derived; its source is not read again
+            fork_step = ckpt.get("hyper_parameters", {}).get("fork_step")
+        else:
+            fork_step = None
+            if run.init.name in ("fork", "weights") and not Path(run.init.path).expanduser().is_file():
+                raise ConfigError(
+                    f"init.path={run.init.path!r} does not exist; give a checkpoint file (e.g. RUN/checkpoints/last.ckpt)"
+                )
+            if run.init.name == "fork":
+                ckpt_path = Path(run.init.path).expanduser()
+                ckpt = fork = read_checkpoint(ckpt_path)
+                fork_step = fork["global_step"]
+                check_fork_optimizer(ckpt_path, ckpt, run.optimizer, allow=run.init.allow_optimizer_change)
+        run = base.derive(fork_step=fork_step)
+        tr = run.train
+        preflight(run.data, run.tokenizer)
         if ckpt is not None:
             check_compatible(ckpt_path, ckpt, run)
             done = _finished(run_dir, tr.max_steps)
@@ -167,11 +178,15 @@ def fit(
             compile=tr.compile,
             tokenizer=_plain(run.tokenizer),
             data=_plain(run.data),
+            fork_step=fork_step,
         )
         if weights is not None:
             module.model.load_state_dict(weights)  # checked against this model's tensors already
             log.info("starting from the weights of %s (fresh optimizer, step 0)", run.init.path)
         callbacks = _ordered(list(callbacks) if callbacks is not None else default_callbacks(run_dir))
+        for cb in callbacks:
+            if isinstance(cb, LastCheckpoint):
+                cb.resuming = resuming  # re-log what a killed start of this run left unlogged (not a fork's source)
         if not run.trainer.enable_progress_bar:  # trainer.enable_progress_bar=false silences the bar it names
             callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
         loggers = list(loggers) if loggers is not None else default_loggers(run_dir)
@@ -220,24 +235,7 @@ def fit(
         del ckpt, fork  # memory-mapped; Lightning reads the file again
 
         # -- 3. train ---------------------------------------------------------------------------------------------
-        stop_reason, failure = None, None
-        try:
-            trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
-        except SystemExit:  # Lightning exits after a Ctrl-C outside the training steps (e.g. preparing data)
-            if not trainer.interrupted:
-                raise
-            stop_reason = "interrupted"
-        except KeyboardInterrupt:
-            stop_reason = "interrupted"
-        except StopRequested as e:
-            stop_reason = "interrupted"
-            log.warning("%s: saved at step %d, stopping (the same command resumes it)", e, trainer.global_step)
-        except NonFiniteError as e:
-            stop_reason, failure = "non_finite", str(e)
-            log.error("%s", e)
-        except OSError as e:  # a full disk, a vanished folder: the previous checkpoint is intact (atomic writes)
-            stop_reason, failure = "failed", f"{type(e).__name__}: {e}"
-            log.error("%s; the last checkpoint that was written is intact", failure)
+        stop_reason, failure = _guarded(lambda: trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True), trainer)  # fmt: skip
         if trainer.interrupted and stop_reason is None:
             stop_reason = "interrupted"
         scored = stop_reason is None or stop_reason == "interrupted"
@@ -245,17 +243,22 @@ def fit(
         if stop_reason is None and data.val is not None:
             if final_tokens != tr.val_tokens:  # the final weights on the whole (or a larger part of the) split
                 data.val_tokens, module.val_key = final_tokens, "val/loss_final"
-                trainer.validate(module, datamodule=data, verbose=False)
+                stop_reason, failure = _guarded(lambda: trainer.validate(module, datamodule=data, verbose=False), trainer)  # fmt: skip
             elif module.last_val_step != trainer.global_step:
                 # resumed from a checkpoint at max_steps whose final validation never finished: score it now
-                trainer.validate(module, datamodule=data, verbose=False)
+                stop_reason, failure = _guarded(lambda: trainer.validate(module, datamodule=data, verbose=False), trainer)  # fmt: skip
+            scored = stop_reason is None
+        module.evaluation_weights()  # schedule-free: the returned module holds x, as its checkpoints do
         metrics = trainer.callback_metrics
         val_loss = float(metrics.get(module.val_key, metrics.get("val/loss", math.nan))) if scored else math.nan
         if stop_reason is None:
             stop_reason = "max_steps" if trainer.global_step >= tr.max_steps else "stopped"
         results = _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started)
         if trainer.is_global_zero:
-            results.save(run_dir)
+            try:
+                results.save(run_dir)
+            except OSError as e:  # e.g. the disk is full: the results are still returned (and the checkpoints intact)
+                log.error("results.json could not be written (%s: %s)", type(e).__name__, e)
             log.info(
                 "val_loss %.4f (ppl %.2f) vs unigram entropy %.4f nats | %d steps, %s tokens, %.1f s | %s",
                 val_loss,
@@ -267,6 +270,25 @@ def fit(
                 run_dir / "results.json",
             )
         return results
+
+
+def _guarded(step, trainer) -> tuple[str | None, str | None]:
+    """Run `trainer.fit` or `trainer.validate`; what stops it becomes (stop_reason, failure), never an exit."""
+    try:
+        step()
+    except StopRequested as e:
+        log.warning("%s: saved at step %d, stopping (the same command resumes it)", e, trainer.global_step)
+        return "interrupted", None
+    except (KeyboardInterrupt, SystemExit):  # Lightning exits after a Ctrl-C outside the training steps
+        return "interrupted", None
+    except NonFiniteError as e:
+        log.error("%s", e)
+        return "non_finite", str(e)
+    except OSError as e:  # a full disk, a vanished folder: the previous checkpoint is intact (atomic writes)
+        failure = f"{type(e).__name__}: {e}"
+        log.error("%s; the last checkpoint that was written is intact", failure)
+        return "failed", failure
+    return None, None
 
 
 def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started) -> Results:
@@ -336,8 +358,6 @@ def _finished(run_dir: Path, max_steps: int) -> Results | None:
 def _ordered(callbacks: list[Callback]) -> list[Callback]:
     """`LastCheckpoint` last: the checkpoint a run resumes from is written after every other callback has done
     its step (weight averaging, the spike monitor, the best-checkpoint bookkeeping), so it holds all of it."""
-    from callbacks import LastCheckpoint
-
     return [c for c in callbacks if not isinstance(c, LastCheckpoint)] + [
         c for c in callbacks if isinstance(c, LastCheckpoint)
     ]

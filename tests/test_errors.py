@@ -129,6 +129,7 @@ def cases(i):
         (["data.cache_dir=/proc/1/cache"], "error: data.cache_dir='/proc/1/cache' is not writable"),
         (["init=weights", f"init.path={i['corrupt']}"], f"error: checkpoint {i['corrupt']} cannot be read"),
         (["init=fork"], "error: init=fork needs init.path=CHECKPOINT"),
+        (["init=weights", "init.path=/no/such.ckpt"], "error: init.path='/no/such.ckpt' does not exist"),
     ]
 
 

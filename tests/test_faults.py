@@ -4,6 +4,8 @@ two runs in one directory, a refused resume, non-finite weights, a full disk. Si
 import errno
 import hashlib
 import json
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from lm_lab.data.config import DataConfig
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_open
 from lm_lab.lock import RunLock
+from lm_lab.models import ModelConfig
 from lm_lab.results import Results
 from lm_lab.train import fit
 from tests.test_fit import smoke
@@ -73,7 +76,8 @@ def callbacks_for(run_dir: Path, *extra) -> list:
 
 def averaging_run(cache_dir: Path):
     run = smoke(cache_dir, max_steps=20, val_every=10, log_every=1)
-    return replace(run, model=replace(run.model, dropout=0.1))
+    dropout = ModelConfig.preset("gpt2_tiny", n_layer=2, n_head=2, d_model=64, block_size=128, dropout=0.1)
+    return replace(run, model=dropout)  # dropout: the random state must resume exactly too
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -148,6 +152,30 @@ def test_killed_before_the_first_checkpoint_restarts_a_clean_curve(tmp_path, cac
     assert not (run_dir / "checkpoints" / "last.ckpt").exists() and scalars(run_dir)["train/loss"]
     fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir))
     assert scalars(run_dir) == scalars(reference)
+
+
+class SignalAt(L.Callback):
+    """Sends this process a signal while step `step` is being trained (the handler is LastCheckpoint's)."""
+
+    def __init__(self, step: int, sig=signal.SIGTERM):
+        self.step, self.sig = step, sig
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step + 1 == self.step:
+            os.kill(os.getpid(), self.sig)
+
+
+def test_sigterm_during_a_validation_step_validates_saves_then_stops(tmp_path, cache_dir, uninterrupted):
+    """A stop asked for during the step a validation follows: the validation runs, the checkpoint after it
+    saves, the run stops; resumed, it is the uninterrupted run (no validation skipped or repeated)."""
+    reference, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    stopped = fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir, SignalAt(10)))
+    assert stopped.stop_reason == "interrupted" and stopped.steps == 10 == stopped.val_step
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 10
+    assert not isinstance(getattr(signal.getsignal(signal.SIGTERM), "__self__", None), LastCheckpoint)  # restored
+    fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir))
+    assert_same_state(run_dir, reference)
 
 
 def snapshot(folder: Path) -> dict[str, str]:
