@@ -10,6 +10,7 @@ ones at the end (the average is saved in every checkpoint under
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import lightning as L
@@ -41,6 +42,16 @@ class AveragedWeights(WeightAveraging):
     @property
     def state_key(self) -> str:  # an EMA and an SWA may run side by side
         return self._generate_state_key(kind=self.kind)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Lightning's WeightAveraging builds a module with configure_model itself, warning that the average is
+        # not sharded; the lab's module builds there (for FSDP), and the average is a full copy by design
+        configure = getattr(pl_module, "configure_model", None)
+        if stage == "fit" and callable(configure):
+            configure()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*WeightAveraging callback with a model that overrides.*")
+            super().setup(trainer, pl_module, stage)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning builds the average in setup(), before the strategy moves the model to its device

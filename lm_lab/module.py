@@ -68,9 +68,9 @@ class LMModule(L.LightningModule):
                 "fork_step": fork_step,  # init=fork: the source checkpoint's step (a cooldown fork's length follows)
             }
         )
-        self.model = GPT(self.model_config)
-        if compile:
-            self.model.compile()  # in place: parameter names (and checkpoints) are unchanged
+        self._compile = compile
+        self.model: GPT | None = None  # built in configure_model (under a sharding strategy, sharded as built)
+        self._start_weights: dict | None = None
         self.val_loss = MeanMetric()
         self.last_val_step: int | None = None  # global step of the last (non-sanity) validation
         self.skipped_steps = 0  # updates skipped for a non-finite gradient, in total and in a row
@@ -82,6 +82,25 @@ class LMModule(L.LightningModule):
         self.starts = 1
         self.train_seconds_before = 0.0
         self._fit_started: float | None = None
+
+    def configure_model(self) -> None:
+        """Build the model (once). Lightning calls this inside the strategy's context, before restoring a
+        checkpoint, so a strategy such as FSDP can shard the model as it is built."""
+        if self.model is not None:
+            return
+        self.model = GPT(self.model_config)
+        if self._start_weights is not None:  # init=weights: checked against this model's tensors already
+            self.model.load_state_dict(self._start_weights)
+            self._start_weights = None
+        if self._compile:
+            self.model.compile()  # in place: parameter names (and checkpoints) are unchanged
+
+    def start_from(self, weights: dict[str, torch.Tensor]) -> None:
+        """Start from these model weights (init=weights) instead of a fresh initialisation."""
+        self._start_weights = weights
+        if self.model is not None:
+            self.model.load_state_dict(weights)
+            self._start_weights = None
 
     def flops_per_token(self, seq_len: int) -> int:
         return flops_per_token(self.model_config, seq_len)

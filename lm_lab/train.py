@@ -146,6 +146,7 @@ def fit(
                     run_dir / "results.json",
                 )
                 done.module = module_cls(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
+                done.module.configure_model()
                 done.module.load_state_dict(ckpt["state_dict"])  # its final weights (x for schedule-free)
                 return done
         elif run.init.name == "weights":
@@ -181,7 +182,7 @@ def fit(
             fork_step=fork_step,
         )
         if weights is not None:
-            module.model.load_state_dict(weights)  # checked against this model's tensors already
+            module.start_from(weights)
             log.info("starting from the weights of %s (fresh optimizer, step 0)", run.init.path)
         callbacks = _ordered(list(callbacks) if callbacks is not None else default_callbacks(run_dir))
         for cb in callbacks:
