@@ -142,7 +142,9 @@ class LastCheckpoint(Checkpoint):
 
     def state_dict(self) -> dict:
         """`log_from`: the first TensorBoard step a resumed run must log again (Lightning logs step k as k - 1);
-        `pending`: at a step checkpoint, the step's metrics that Lightning writes only after this checkpoint."""
+        `pending`: at a step checkpoint, the step's metrics that Lightning writes only after this checkpoint;
+        `before_validation`: saved (by another callback, e.g. step snapshots) just before a validation, which a
+        run resumed from it would skip: `resume_checkpoint` prefers any other."""
         trainer = self._trainer
         if trainer is None or trainer.state.fn != "fit" or trainer.sanity_checking:
             return {}
@@ -150,6 +152,9 @@ class LastCheckpoint(Checkpoint):
         state = {"global_step": trainer.global_step, "log_from": log_step + 1, "pending": None}
         if trainer.training:  # saved in on_train_batch_end: this step's metrics are not logged yet
             state["log_from"] = log_step
+            state["before_validation"] = (
+                trainer.fit_loop.total_batch_idx + 1
+            ) % trainer.val_check_batch == 0 or trainer.global_step >= trainer.max_steps
             connector = trainer._logger_connector
             if connector.should_update_logs or trainer.global_step >= trainer.max_steps:
                 metrics = {k: float(v) for k, v in connector.metrics["log"].items()}

@@ -56,8 +56,9 @@ def resume_checkpoint(
             found.append((path, read_checkpoint(path)))
         except ConfigError as e:
             damaged.append((path, e.problems[0]))
-    # newest first by training step (last.ckpt first among equals): a crash between two writes loses nothing
-    found.sort(key=lambda pc: (-pc[1]["global_step"], pc[0].name != "last.ckpt"))
+    # newest first by training step (last.ckpt first among equals): a crash between two writes loses nothing;
+    # a checkpoint saved just before a validation only if there is no other (resumed, it would skip that validation)
+    found.sort(key=lambda pc: (_before_validation(pc[1]), -pc[1]["global_step"], pc[0].name != "last.ckpt"))
     if ckpt_path != "last":
         path = Path(ckpt_path).expanduser()
         if not path.exists():
@@ -86,6 +87,14 @@ def resume_checkpoint(
             + "; no good checkpoint is left to resume from: start afresh with ckpt_path=null"
         )
     return None, None
+
+
+def _before_validation(ckpt: dict) -> bool:
+    return any(
+        v.get("before_validation", False)
+        for k, v in ckpt.get("callbacks", {}).items()
+        if k.startswith("LastCheckpoint")
+    )
 
 
 def model_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:

@@ -154,6 +154,30 @@ def test_killed_before_the_first_checkpoint_restarts_a_clean_curve(tmp_path, cac
     assert scalars(run_dir) == scalars(reference)
 
 
+class KillInValidation(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_validation_start(self, trainer, pl_module):
+        if trainer.global_step == self.step and not trainer.sanity_checking:
+            raise Killed(self.step)
+
+
+def test_killed_during_a_validation_after_a_step_snapshot(tmp_path, cache_dir, uninterrupted):
+    """A step snapshot written just before a validation is newer than last.ckpt; resumed from it, the run would
+    skip that validation. The resume takes last.ckpt instead and is the uninterrupted run."""
+    reference, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    snapshots = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step}",
+                                auto_insert_metric_name=False, every_n_train_steps=10, save_top_k=-1)  # fmt: skip
+    with pytest.raises(Killed):
+        fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir, snapshots, KillInValidation(10)))
+    assert read_checkpoint(run_dir / "checkpoints" / "step10.ckpt")["global_step"] == 10
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 5
+    fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir))
+    assert_same_state(run_dir, reference)
+
+
 class SignalAt(L.Callback):
     """Sends this process a signal while step `step` is being trained (the handler is LastCheckpoint's)."""
 
