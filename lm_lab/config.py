@@ -287,10 +287,6 @@ class RunConfig:
     """Derived: processes training together (devices x nodes)."""
 
     @property
-    def derived(self) -> bool:
-        return self.world_size is not None
-
-    @property
     def accumulate_grad_batches(self) -> int:
         return self.train.batch_size // (self.train.micro_batch_size * self.world_size)
 
@@ -532,11 +528,6 @@ def compose(overrides: list[str] = (), *, hydra_config: bool = False) -> DictCon
     register_schemas()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=["run_dir=.", *overrides], return_hydra_config=hydra_config)
-
-
-def run_config(overrides: list[str] = ()) -> RunConfig:
-    """The `RunConfig` of `python run.py OVERRIDES` (built, not yet derived)."""
-    return RunConfig.from_dict(compose(overrides))
 
 
 def register_schemas() -> None:

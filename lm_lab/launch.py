@@ -6,7 +6,6 @@ call `lm_lab.train.fit` directly with a `RunConfig`.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -15,8 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from lm_lab.config import DERIVED_TRAINER_ARGS, RunConfig
 from lm_lab.errors import ConfigError
 from lm_lab.results import Results
-
-log = logging.getLogger(__name__)
 
 EXIT_CODES = {"max_steps": 0, "stopped": 0, "interrupted": 130, "non_finite": 3, "failed": 1}
 

@@ -5,7 +5,7 @@
 
     results = fit(RunConfig(), "runs/main")  # the main job; results.module is the trained LightningModule
 
-A run goes through three phases, and nothing is written before the third:
+A run goes through three phases, and nothing is written before the second:
 
 1. **check** — the config is derived and cross-checked, the inputs (tokenizer, corpus, token files, the
    checkpoint to resume or fork, the weights to start from) are opened and checked, the run directory is
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 def default_callbacks(run_dir: str | Path) -> list[Callback]:
     """The callbacks of `conf/callbacks/default.yaml`, built in Python (a test checks the two agree)."""
-    from callbacks import LastCheckpoint, LossSpikes, TokenThroughput
+    from callbacks import LossSpikes, TokenThroughput
 
     ckpts = str(Path(run_dir) / "checkpoints")
     return [
@@ -236,18 +236,22 @@ def fit(
         del ckpt, fork  # memory-mapped; Lightning reads the file again
 
         # -- 3. train ---------------------------------------------------------------------------------------------
-        stop_reason, failure = _guarded(lambda: trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True), trainer)  # fmt: skip
+        stop_reason, failure = _guarded(
+            trainer, trainer.fit, module, datamodule=data, ckpt_path=ckpt_path, weights_only=True
+        )
         if trainer.interrupted and stop_reason is None:
             stop_reason = "interrupted"
         scored = stop_reason is None or stop_reason == "interrupted"
-        final_tokens = tr.final_tokens
-        if stop_reason is None and data.val is not None:
-            if final_tokens != tr.val_tokens:  # the final weights on the whole (or a larger part of the) split
-                data.val_tokens, module.val_key = final_tokens, "val/loss_final"
-                stop_reason, failure = _guarded(lambda: trainer.validate(module, datamodule=data, verbose=False), trainer)  # fmt: skip
-            elif module.last_val_step != trainer.global_step:
-                # resumed from a checkpoint at max_steps whose final validation never finished: score it now
-                stop_reason, failure = _guarded(lambda: trainer.validate(module, datamodule=data, verbose=False), trainer)  # fmt: skip
+        larger_final = tr.final_tokens != tr.val_tokens  # the final weights on the whole (or more of the) split
+        # (or: resumed from a checkpoint at max_steps whose final validation never finished: score it now)
+        if (
+            stop_reason is None
+            and data.val is not None
+            and (larger_final or module.last_val_step != trainer.global_step)
+        ):
+            if larger_final:
+                data.val_tokens, module.val_key = tr.final_tokens, "val/loss_final"
+            stop_reason, failure = _guarded(trainer, trainer.validate, module, datamodule=data, verbose=False)
             scored = stop_reason is None
         module.evaluation_weights()  # schedule-free: the returned module holds x, as its checkpoints do
         metrics = trainer.callback_metrics
@@ -273,10 +277,10 @@ def fit(
         return results
 
 
-def _guarded(step, trainer) -> tuple[str | None, str | None]:
+def _guarded(trainer, step, *args, **kwargs) -> tuple[str | None, str | None]:
     """Run `trainer.fit` or `trainer.validate`; what stops it becomes (stop_reason, failure), never an exit."""
     try:
-        step()
+        step(*args, **kwargs)
     except StopRequested as e:
         log.warning("%s: saved at step %d, stopping (the same command resumes it)", e, trainer.global_step)
         return "interrupted", None

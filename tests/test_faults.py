@@ -168,8 +168,13 @@ def test_killed_during_a_validation_after_a_step_snapshot(tmp_path, cache_dir, u
     skip that validation. The resume takes last.ckpt instead and is the uninterrupted run."""
     reference, _ = uninterrupted
     run_dir = tmp_path / "run"
-    snapshots = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step}",
-                                auto_insert_metric_name=False, every_n_train_steps=10, save_top_k=-1)  # fmt: skip
+    snapshots = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=10,
+        save_top_k=-1,
+    )
     with pytest.raises(Killed):
         fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir, snapshots, KillInValidation(10)))
     assert read_checkpoint(run_dir / "checkpoints" / "step10.ckpt")["global_step"] == 10

@@ -346,8 +346,8 @@ def test_default_callbacks_and_loggers_are_the_yaml_ones(tmp_path):
     mine = default_callbacks(tmp_path)
 
     def settings(cb):
-        keep = ("path", "every_n_steps", "every_minutes", "dirpath", "filename", "monitor", "mode", "save_top_k",
-                "window_size", "refresh_rate")  # fmt: skip
+        keep = {"path", "every_n_steps", "every_minutes", "dirpath", "filename", "monitor", "mode", "save_top_k"}
+        keep |= {"window_size", "refresh_rate"}
         state = {k: v for k, v in vars(cb).items() if k in keep or k.lstrip("_") in keep}
         if hasattr(cb, "detector"):
             state["detector"] = vars(cb.detector)
