@@ -284,7 +284,8 @@ def rng_state(gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> d
 def set_rng_state(state: dict, rank: int = 0, world_size: int = 1) -> None:
     def mine(key: str) -> torch.Tensor | None:
         per_rank = state.get(f"{key}_per_rank")
-        return per_rank[rank] if per_rank is not None and len(per_rank) == world_size else state[key]
+        # a copy, not a view into the saved (world, n) tensor: torch.set_rng_state segfaults on a view (rank >= 1)
+        return per_rank[rank].clone() if per_rank is not None and len(per_rank) == world_size else state[key]
 
     torch.set_rng_state(mine("torch").cpu())
     if state["cuda"] is not None and torch.cuda.is_available():

@@ -39,7 +39,8 @@ def read_records(path: Path, rank: int = 0) -> list[dict]:
 
 
 class LossRecorder(L.Callback):
-    """Appends `{"step", "loss", "lr"}` per micro-batch to a JSONL file, flushed at once (a SIGKILL loses nothing)."""
+    """Appends `{"step", "loss", "lr"}` per micro-batch to a JSONL file, flushed at once (a SIGKILL loses nothing);
+    with several processes, rank R > 0 writes to `<path>.rank<R>`."""
 
     def __init__(self, path: str):
         self.path = path
@@ -47,9 +48,22 @@ class LossRecorder(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx: int
     ) -> None:
-        with open(self.path, "a") as f:
+        path = self.path if trainer.global_rank == 0 else f"{self.path}.rank{trainer.global_rank}"
+        with open(path, "a") as f:
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             f.write(json.dumps({"step": trainer.global_step, "loss": outputs["loss"].item(), "lr": lr}) + "\n")
+
+
+class KillProcessGroup(L.Callback):
+    """SIGKILLs the whole process group (every rank at once, as a node failure or `scancel` does) when global step
+    `step` is reached on rank 0."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == 0:
+            os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 class InjectNaN(L.Callback):

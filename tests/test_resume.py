@@ -1,6 +1,7 @@
 """Nothing lost: a run killed at any moment and started again with the same command ends exactly where an
 uninterrupted run ends (bit-exact on CPU); checkpoints are atomic and checked; non-finite values stop or skip."""
 
+import io
 import json
 import os
 import random
@@ -47,8 +48,11 @@ def env(cache: Path) -> dict:
     return {**os.environ, "LM_LAB_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
 
 
-def run(cmd: list[str], cache: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=300)
+def run(cmd: list[str], cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    # its own process group: a test helper may SIGKILL the group (every rank) without touching pytest
+    return subprocess.run(
+        cmd, cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=timeout, start_new_session=True
+    )
 
 
 def final_losses(path: Path, key: str = "loss") -> dict[int, float]:
@@ -211,11 +215,15 @@ def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # the temporary file is gone
 
 
-def fake_checkpoint(path: Path, step: int) -> None:
-    torch.save(
-        {"state_dict": {"w": torch.full((2,), float(step))}, "global_step": step, "loops": {}, "optimizer_states": []},
-        path,
-    )
+def fake_checkpoint(path: Path, step: int) -> dict:
+    ckpt = {
+        "state_dict": {"w": torch.full((2,), float(step))},
+        "global_step": step,
+        "loops": {},
+        "optimizer_states": [],
+    }
+    torch.save(ckpt, path)
+    return ckpt
 
 
 def test_resume_skips_a_corrupt_last_checkpoint_and_names_it(tmp_path, caplog):
@@ -235,6 +243,26 @@ def test_resume_skips_a_corrupt_last_checkpoint_and_names_it(tmp_path, caplog):
     torch.save({"state_dict": {}}, ckpts / "other.ckpt")
     with pytest.raises(ConfigError, match="not a training checkpoint"):
         read_checkpoint(ckpts / "other.ckpt")
+
+
+def test_resume_picks_the_newest_checkpoint_by_step(tmp_path):
+    """Newest by training step whatever the file names and write order; last.ckpt first among equals; a step
+    snapshot flagged as written just before a validation only when nothing else is left."""
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    fake_checkpoint(ckpts / "best-step20.ckpt", 20)
+    fake_checkpoint(ckpts / "last.ckpt", 15)  # older: a crash between the best's save and last.ckpt's
+    fake_checkpoint(ckpts / "best-step5.ckpt", 5)
+    assert resume_checkpoint("last", ckpts)[0].name == "best-step20.ckpt"
+    fake_checkpoint(ckpts / "last.ckpt", 20)
+    assert resume_checkpoint("last", ckpts)[0].name == "last.ckpt"
+    snapshot = fake_checkpoint(ckpts / "last.ckpt", 25)
+    snapshot["callbacks"] = {"LastCheckpoint{}": {"before_validation": True}}
+    torch.save(snapshot, ckpts / "last.ckpt")
+    assert resume_checkpoint("last", ckpts)[0].name == "best-step20.ckpt"
+    for other in ("best-step20.ckpt", "best-step5.ckpt"):
+        (ckpts / other).unlink()
+    assert resume_checkpoint("last", ckpts)[1]["global_step"] == 25
 
 
 def test_checkpoints_with_code_are_refused(tmp_path):
@@ -268,6 +296,32 @@ def test_spike_detector():
     assert not det.update(float("nan"))  # the non-finite guard's job, not a spike
 
 
+def test_loss_spike_monitor_state_survives_a_checkpoint():
+    """The count and the running statistics come back from the checkpoint: after a resume the next spike is
+    counted as the second, and the detector's averages are the uninterrupted run's."""
+    from callbacks import LossSpikes
+
+    monitor = LossSpikes(window=5, k=6.0, warmup=3)
+    rng = np.random.default_rng(0)
+    monitor._pending = [torch.tensor(3.0 + 0.01 * rng.standard_normal()) for _ in range(8)] + [torch.tensor(6.0)]
+    assert monitor._flush(9) == 1
+    state = torch.load(_saved(monitor.state_dict()), weights_only=True)
+    resumed = LossSpikes(window=5, k=6.0, warmup=3)
+    resumed.load_state_dict(state)
+    assert resumed.count == monitor.count == 1
+    assert resumed.detector.state_dict() == monitor.detector.state_dict()
+    for m in (monitor, resumed):
+        m._pending = [torch.tensor(3.0), torch.tensor(9.0)]
+    assert monitor._flush(11) == resumed._flush(11) == 1 and resumed.count == 2
+
+
+def _saved(obj) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    buffer.seek(0)
+    return buffer
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_at_the_next_step_then_exit(tmp_path, cache_dir, reference, sig):
@@ -294,3 +348,50 @@ def test_sigterm_and_sigint_save_at_the_next_step_then_exit(tmp_path, cache_dir,
     again = run(cmd, cache_dir)
     assert again.returncode == 0, again.stderr[-3000:]
     assert_same_run(tmp_path / "run", final_losses(tmp_path / "losses.jsonl"), reference)
+
+
+DDP = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.precision=32-true"]
+
+
+@pytest.mark.slow
+def test_two_process_run_killed_and_resumed_continues_each_ranks_random_state(tmp_path, cache_dir):
+    """Two gloo processes with dropout, every process SIGKILLed at step 9 (after the checkpoint of step 6), then the
+    same command: each rank's losses after the resume are the uninterrupted run's, so each rank got its own random
+    state back (torch 2.13 segfaulted on rank 1 when its state was restored from a view)."""
+    short = ["train.max_steps=12", "train.val_every=6", *DDP]
+    ref = run(command(tmp_path / "ref", tmp_path / "ref.jsonl", *short), cache_dir, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    cmd = command(tmp_path / "run", tmp_path / "run.jsonl", *short)
+    killed = run([*cmd, "+callbacks.kill._target_=tests.helpers.KillProcessGroup", "+callbacks.kill.step=9"], cache_dir)
+    assert killed.returncode == -signal.SIGKILL
+    assert read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 6
+    resumed = run(cmd, cache_dir, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for rank in ("", ".rank1"):
+        mine, theirs = (final_losses(Path(f"{tmp_path / name}.jsonl{rank}")) for name in ("run", "ref"))
+        assert sorted(mine) == list(range(1, 13)) and mine == theirs, rank  # steps 7-9 re-done with the same masks
+    ranks = [final_losses(Path(f"{tmp_path / 'ref'}.jsonl{r}")) for r in ("", ".rank1")]
+    assert ranks[0] != ranks[1]  # the ranks do read (and drop out) differently
+    mine, theirs = weights(tmp_path / "run"), weights(tmp_path / "ref")
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def test_rng_state_per_rank(tmp_path):
+    """Each rank of a multi-process run gets its own torch random state back from the one saved file."""
+    torch.manual_seed(1)
+    other = torch.get_rng_state()
+    torch.manual_seed(0)
+    state = rng_state(gather=lambda t: torch.stack([t, other]))
+    torch.save(state, tmp_path / "rng.pt")
+    saved = torch.load(tmp_path / "rng.pt", weights_only=True)
+    draws = []
+    for rank in (0, 1):
+        set_rng_state(saved, rank=rank, world_size=2)
+        draws.append(torch.rand(3))
+    torch.manual_seed(0)
+    assert torch.equal(draws[0], torch.rand(3))
+    torch.manual_seed(1)
+    assert torch.equal(draws[1], torch.rand(3))
+    set_rng_state(saved, rank=0, world_size=4)  # another world size: the saved (rank 0) state, not a wrong rank's
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(3), draws[0])
