@@ -1,3 +1,6 @@
+"""The model against independent references: published GPT-2 parameter counts, Hugging Face GPT-2 logits in
+float64, GPT-2 init statistics, FLOP formulas, causal masking, dropout sites, weight-decay groups."""
+
 import math
 from pathlib import Path
 
@@ -142,13 +145,29 @@ def test_weight_decay_only_on_matrices(tiny_config):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
-def test_parity_with_huggingface_gpt2():
+def hf_gpt2_and_ours(**shape):
+    """A small Hugging Face GPT-2 with every parameter random (LayerNorm gains and biases too, so swapped or skipped
+    norms show) and our GPT with its weights, both in float64."""
     transformers = pytest.importorskip("transformers")
+    shape = {"vocab_size": 97, "n_positions": 16, "n_embd": 32, "n_layer": 2, "n_head": 2, **shape}
+    eot = shape["vocab_size"] - 1
     hf_cfg = transformers.GPT2Config(
-        vocab_size=97, n_positions=16, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0
+        **shape, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0, bos_token_id=eot, eos_token_id=eot
     )
-    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
-    ours = GPT(ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=97, pad_vocab_multiple=1)).eval()
+    hf = transformers.GPT2LMHeadModel(hf_cfg).double().eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in hf.parameters():  # std 0.5: pre-activations of order 1, where GELU's tanh and erf forms differ
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * 0.5)
+    cfg = ModelConfig(
+        n_layer=shape["n_layer"],
+        n_head=shape["n_head"],
+        d_model=shape["n_embd"],
+        block_size=shape["n_positions"],
+        vocab_size=shape["vocab_size"],
+        pad_vocab_multiple=1,
+    )
+    ours = GPT(cfg).double().eval()
     sd = hf.transformer.state_dict()
     mapping = {
         "wte.weight": "wte.weight",
@@ -156,7 +175,7 @@ def test_parity_with_huggingface_gpt2():
         "ln_f.weight": "ln_f.weight",
         "ln_f.bias": "ln_f.bias",
     }
-    for i in range(2):
+    for i in range(cfg.n_layer):
         for ours_name, hf_name in [
             ("ln_1", "ln_1"),
             ("ln_2", "ln_2"),
@@ -167,13 +186,46 @@ def test_parity_with_huggingface_gpt2():
         ]:
             for p in ("weight", "bias"):
                 mapping[f"blocks.{i}.{ours_name}.{p}"] = f"h.{i}.{hf_name}.{p}"
-    state = {}
-    for ours_name, hf_name in mapping.items():
-        t = sd[hf_name]
-        # HF's Conv1D stores (in, out); nn.Linear stores (out, in)
-        state[ours_name] = t.t() if t.ndim == 2 and ".c_" in hf_name else t
+    # HF's Conv1D stores (in, out); nn.Linear stores (out, in)
+    state = {
+        ours: sd[theirs].t() if sd[theirs].ndim == 2 and ".c_" in theirs else sd[theirs]
+        for ours, theirs in mapping.items()
+    }
     state["lm_head.weight"] = state["wte.weight"]
     ours.load_state_dict(state)
+    return hf, ours
+
+
+PARITY_TOL = 1e-10  # float64: the two agree to 3e-15 (logits of size ~6); the exact GELU moves them by 5e-4, swapped norms by 3.4
+
+
+def test_parity_with_huggingface_gpt2():
+    hf, ours = hf_gpt2_and_ours()
     idx = torch.randint(0, 97, (2, 16))
     with torch.no_grad():
-        torch.testing.assert_close(ours(idx), hf(idx).logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours(idx), hf(idx).logits, rtol=0, atol=PARITY_TOL)
+
+
+def test_init_statistics_follow_gpt2():
+    """GPT-2's init (openai/gpt-2 src/model.py and §2.3): N(0, 0.02) matrices and token embedding, N(0, 0.01)
+    positions, residual projections N(0, 0.02 / sqrt(2 n_layer)), zero biases, unit LayerNorms."""
+    cfg = ModelConfig(n_layer=4, n_head=4, d_model=256, block_size=512, vocab_size=1000)
+    model = GPT(cfg)
+    resid = 0.02 / math.sqrt(2 * cfg.n_layer)
+    expected = {"wte.weight": 0.02, "wpe.weight": 0.01}
+    for i in range(cfg.n_layer):
+        expected |= {f"blocks.{i}.attn.qkv.weight": 0.02, f"blocks.{i}.mlp.fc.weight": 0.02}
+        expected |= {f"blocks.{i}.attn.proj.weight": resid, f"blocks.{i}.mlp.proj.weight": resid}
+    params = dict(model.named_parameters())
+    for name, std in expected.items():
+        w = params[name].detach()
+        assert abs(w.mean().item()) < 0.05 * std, name  # >= 65k samples each: sampling error of the std < 1%
+        assert w.std().item() == pytest.approx(std, rel=0.03), name
+    for name, p in params.items():
+        if name.endswith(".bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        elif "ln" in name:
+            assert torch.equal(p, torch.ones_like(p)), name
+        else:
+            assert name in expected, f"{name} has no expected init"
+    assert model.lm_head.weight is model.wte.weight
