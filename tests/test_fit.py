@@ -15,7 +15,7 @@ from lm_lab.checkpoint import load_model, read_checkpoint
 from lm_lab.config import InitConfig, RunConfig, TrainConfig, TrainerConfig
 from lm_lab.data.config import DataConfig
 from lm_lab.errors import ConfigError
-from lm_lab.models import ModelConfig
+from lm_lab.models import GPT, ModelConfig
 from lm_lab.module import LMModule
 from lm_lab.optim import OptimizerConfig, SchedulerConfig
 from lm_lab.results import Results
@@ -358,3 +358,140 @@ def test_default_callbacks_and_loggers_are_the_yaml_ones(tmp_path):
     assert [(type(lg), lg.log_dir) for lg in default_loggers(tmp_path)] == [
         (type(lg), lg.log_dir) for lg in yaml_loggers
     ]
+
+
+def hand_loss(logits: torch.Tensor, windows: torch.Tensor) -> float:
+    """Mean over every (row, position) of -log softmax(logits[row, t])[windows[row, t + 1]], written out."""
+    logp = logits.double().log_softmax(-1)
+    terms = [
+        -logp[b, t, windows[b, t + 1]].item() for b in range(windows.shape[0]) for t in range(windows.shape[1] - 1)
+    ]
+    return sum(terms) / len(terms)
+
+
+def test_the_loss_is_next_token_cross_entropy_by_hand(tmp_path, cache_dir):
+    """The first training step's loss, recomputed from its batch and the initial weights: each position predicts
+    the next token of a contiguous window (a loss on unshifted targets would be the model copying its input)."""
+    first = FirstBatch()
+    run = smoke(cache_dir, max_steps=2, val_every=2)
+    fit(run, tmp_path / "run", callbacks=[first])
+    batch = first.batch
+    assert batch.shape == (8, 129)  # micro-batch of seq_len + 1 tokens
+    model = GPT(run.derive().model)
+    model.load_state_dict(first.weights)
+    with torch.no_grad():
+        expected = hand_loss(model(batch[:, :-1]), batch)
+    assert first.loss.item() == pytest.approx(expected, rel=1e-6)
+    module = LMModule(replace(run.model, vocab_size=256), OptimizerConfig(), SchedulerConfig(), 10)
+    module.configure_model()
+    windows = torch.randint(0, 256, (3, 9))
+    with torch.no_grad():
+        assert module.loss(windows).item() == pytest.approx(hand_loss(module.model(windows[:, :-1]), windows), rel=1e-6)
+
+
+def test_validation_loss_is_the_token_mean_over_every_window(tmp_path, cache_dir):
+    """13 validation windows in micro-batches of 8: the reported loss weighs every target token once (a mean of
+    the two batch means would weigh the 5-window batch's tokens 8/5 times as much)."""
+    from lm_lab.data.datamodule import LMDataModule
+    from lm_lab.data.windows import ValWindows
+
+    run = smoke(cache_dir, val_tokens=13 * 128)
+    results = fit(run, tmp_path / "run")
+    derived = run.derive()
+    dm = LMDataModule(
+        derived.data,
+        derived.tokenizer,
+        seq_len=128,
+        micro_batch_size=8,
+        batch_size=8,
+        val_tokens=derived.train.val_tokens,
+        seed=0,
+    )
+    dm.setup()
+    val = ValWindows(dm.val, 128, derived.train.val_tokens)
+    windows = torch.stack([val[i] for i in range(len(val))])
+    assert windows.shape == (13, 129)
+    model = results.module.model.eval()
+    with torch.no_grad():
+        per_window = F.cross_entropy(model(windows[:, :-1]).transpose(1, 2), windows[:, 1:], reduction="none").mean(1)
+    token_mean = per_window.mean().item()
+    batch_means = (per_window[:8].mean() + per_window[8:].mean()).item() / 2
+    assert abs(token_mean - batch_means) > 1e-3  # the two averages are told apart
+    assert results.val_loss == pytest.approx(token_mean, abs=1e-5)
+    assert results.val_tokens == 13 * 128
+
+
+class GradNorms(L.Callback):
+    """The global gradient norm before clipping (callbacks' hook runs before the module's, which clips) and as
+    the optimizer used it (still in place when the next step zeroes the gradients)."""
+
+    def __init__(self):
+        self.before, self.after = [], []
+
+    @staticmethod
+    def norm(module) -> float:
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in module.parameters()])).item()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.before.append(self.norm(pl_module))
+
+    def on_before_zero_grad(self, trainer, pl_module, optimizer):
+        if pl_module.model.wte.weight.grad is not None:
+            self.after.append(self.norm(pl_module))
+
+
+def test_gradients_are_clipped_to_the_configured_norm(tmp_path, cache_dir):
+    norms = GradNorms()
+    run = replace(smoke(cache_dir, max_steps=6, val_every=6), optimizer=OptimizerConfig(grad_clip=0.05))
+    fit(run, tmp_path / "run", callbacks=[norms])
+    assert len(norms.before) == 6 and len(norms.after) == 5  # the last step's gradients are never zeroed
+    assert min(norms.before) > 0.1  # every step's gradient is beyond the clip ...
+    assert norms.after == pytest.approx([0.05] * 5, rel=1e-5)  # ... and the optimizer used it clipped to 0.05
+    unclipped = GradNorms()
+    run = replace(run, optimizer=OptimizerConfig(grad_clip=None))
+    fit(run, tmp_path / "unclipped", callbacks=[unclipped])
+    assert unclipped.after == pytest.approx(unclipped.before[:5], rel=1e-6)
+
+
+class MockClock:
+    """Seconds that pass only when told: 1 s per training micro-batch, 100 s per validation batch."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Tick(L.Callback):
+    def __init__(self, clock: MockClock):
+        self.clock = clock
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.clock.now += 1.0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.clock.now += 100.0
+
+
+def test_throughput_excludes_validation_time(tmp_path, cache_dir):
+    """Two micro-batches of 4 x 128 tokens per step at 1 s each: 512 tokens/s at every logging step, before and
+    after the validations (which take 100 s a batch on this clock)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from callbacks import TokenThroughput
+
+    clock = MockClock()
+    throughput = TokenThroughput(window_size=2)
+    throughput.clock = clock
+    run = smoke(cache_dir, max_steps=12, val_every=4, micro_batch_size=4, log_every=1)
+    fit(run, tmp_path / "run", callbacks=[Tick(clock), throughput])
+    assert clock.now > 12 * 2 + 100  # validations did take time on this clock
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    acc.Reload()
+    rates = {e.step: e.value for e in acc.Scalars("throughput/tokens_per_sec")}
+    # from the second update on (a window needs two), under Lightning's step index (one behind the global step)
+    assert sorted(rates) == list(range(1, 12))
+    assert list(rates.values()) == pytest.approx([512.0] * 11, rel=1e-6)
+    tokens = [e.value for e in acc.Scalars("train/tokens")]
+    assert tokens == [s * 8 * 128 for s in range(1, 13)]
