@@ -1,6 +1,7 @@
 """Data building blocks: the held-out rule, tokenizers, token shards, window order, resume position, streaming."""
 
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,6 +34,12 @@ def test_held_out_is_a_pure_function_of_the_text():
     assert 0.08 < sum(flags) / len(flags) < 0.12
     # a larger fraction only moves documents from train to validation, never back
     assert all(held_out(t, 0.2) for t, f in zip(texts, flags, strict=True) if f)
+    # pinned: another rule with the same fraction would silently re-split every cached corpus (and move the
+    # golden losses); these are the held-out documents among the embedded corpus's first 200 at 10%
+    docs = [d.text for d in list(embedded_documents())[:200]]
+    assert [i for i, d in enumerate(docs) if held_out(d, 0.1)] == [
+        4, 8, 11, 33, 41, 44, 49, 55, 56, 83, 96, 108, 124, 130, 132, 145, 150, 176, 189
+    ]  # fmt: skip
 
 
 def tiny_tiktoken():
@@ -291,3 +298,62 @@ def test_data_config_errors_name_the_field(tmp_path):
         TokenizerConfig(name="bytes", vocab_size=300)
     with pytest.raises(ConfigError, match=r"tokenizer\.path is required"):
         TokenizerConfig(name="hf", vocab_size=100)
+
+
+def test_bpe_is_trained_on_the_training_documents_only(tmp_path):
+    """The lab's BPE equals, byte for byte, one trained on exactly the documents outside the validation split."""
+    import json
+
+    from lm_lab.data.prepare import get_tokenizer
+
+    docs = [d.text[:1500] for d in list(embedded_documents())[:150]]
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    cfg = DataConfig(name="mine", source="local", path=str(folder), val_fraction=0.3, cache_dir=str(tmp_path / "c"))
+    tok = get_tokenizer(cfg, TokenizerConfig(name="bpe", vocab_size=400))
+    train_docs = [d for d in docs if not held_out(d, 0.3)]
+    assert 80 < len(train_docs) < 130
+    assert tok._tok.to_str() == BPETokenizer.train(train_docs, 400)._tok.to_str()
+    assert tok._tok.to_str() != BPETokenizer.train(docs, 400)._tok.to_str()  # the held-out documents would matter
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": 1}, "seed: 0 -> 1"),
+        ({"batch_size": 16}, "batch_size: 8 -> 16"),
+        ({"seq_len": 32}, "seq_len: 64 -> 32"),
+        ({"saved": {"tokenizer": "bpe4096-0123456789ab"}}, "tokenizer: 'bpe4096-0123456789ab' -> 'bytes'"),
+        ({"saved": {"content": "0" * 16}}, "content: '0000000000000000' -> "),
+        ({"saved": {"data": "other"}}, "data: 'other' -> 'embedded'"),
+    ],
+    ids=["seed", "batch_size", "seq_len", "tokenizer", "token-files", "corpus"],
+)
+def test_a_resume_that_would_read_other_tokens_is_refused(cache_dir, change, message):
+    """The data module's own check, independent of fit's: a restored state from other token files, another
+    tokenizer, seed, sequence length or batch size refuses to build the training loader."""
+
+    def module(seed=0, batch_size=8, seq_len=64):
+        dm = LMDataModule(
+            DataConfig(cache_dir=str(cache_dir)),
+            TokenizerConfig(name="bytes", vocab_size=257),
+            seq_len=seq_len,
+            micro_batch_size=4,
+            batch_size=batch_size,
+            val_tokens=4096,
+            seed=seed,
+        )
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
+    state = module().state_dict()
+    same = module()
+    same.load_state_dict(state)
+    assert next(iter(same.train_dataloader())).shape == (4, 65)  # the same settings resume
+    saved = {**state, **change.pop("saved", {})}
+    other = module(**change)
+    other.load_state_dict(saved)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        other.train_dataloader()

@@ -5,6 +5,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 from dataclasses import replace
 from pathlib import Path
@@ -22,8 +23,10 @@ from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_open
 from lm_lab.lock import RunLock
 from lm_lab.models import ModelConfig
+from lm_lab.optim import OptimizerConfig, lr_multiplier
 from lm_lab.results import Results
 from lm_lab.train import fit
+from tests.helpers import InjectNaN
 from tests.test_fit import smoke
 
 TIMING = {"train_seconds", "train_seconds_last_start", "tokens_per_sec", "wall_seconds", "starts"}
@@ -110,7 +113,7 @@ def assert_same_state(run_dir: Path, reference: Path) -> None:
     a, b = Results.load(run_dir).to_dict(), Results.load(reference).to_dict()
     assert {k: v for k, v in a.items() if k not in TIMING} == {k: v for k, v in b.items() if k not in TIMING}
     assert a["starts"] == 2 and b["starts"] == 1
-    assert a["train_seconds"] >= a["train_seconds_last_start"] > 0
+    assert a["train_seconds"] > a["train_seconds_last_start"] > 0  # the first start's seconds are counted too
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("best-*")) == sorted(
         p.name for p in (reference / "checkpoints").glob("best-*")
     )
@@ -337,3 +340,64 @@ def test_a_file_that_is_not_a_tokenizer_is_named(tmp_path):
     bogus.write_text("this is not a tokenizer")
     with pytest.raises(ConfigError, match=r"tokenizer\.json is not a tokenizer file .* point tokenizer\.path at"):
         load_tokenizer(TokenizerConfig(name="hf", path=str(bogus), vocab_size=300))
+
+
+def test_skipped_updates_are_counted_across_a_resume(tmp_path, cache_dir):
+    """A non-finite gradient skipped at step 3, a kill after the step-5 checkpoint: the resumed run still counts it."""
+    run = smoke(cache_dir, max_steps=8, val_every=8, on_nonfinite="skip")
+    run_dir = tmp_path / "run"
+    ckpts = [LastCheckpoint(dirpath=str(run_dir / "checkpoints"), every_n_steps=5, every_minutes=None)]
+    with pytest.raises(Killed):
+        fit(run, run_dir, callbacks=[*ckpts, InjectNaN(3)], checkpoint_io=KillAfterSave("last", 5))
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["skipped_steps"] == [1, 0]
+    ckpts = [LastCheckpoint(dirpath=str(run_dir / "checkpoints"), every_n_steps=5, every_minutes=None)]
+    results = fit(run, run_dir, callbacks=ckpts)
+    assert results.steps == 8 and results.skipped_steps == 1 and results.starts == 2
+
+
+class OptimizerSettings(L.Callback):
+    """The optimizer's param groups as the first training batch of a (resumed) start sees them."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if not hasattr(self, "groups"):
+            self.step = trainer.global_step
+            self.groups = [{k: v for k, v in g.items() if k != "params"} for g in trainer.optimizers[0].param_groups]
+
+
+def test_a_resume_takes_the_optimizer_settings_of_its_config(tmp_path, cache_dir):
+    """Resumed with other AdamW settings (as after a loss spike): the optimizer state is the checkpoint's, every
+    hyperparameter the config's, and the LR the new peak times the schedule at the resumed step."""
+    first = smoke(cache_dir, max_steps=6, val_every=6)
+    fit(first, tmp_path / "run")
+    new = OptimizerConfig(lr=4e-4, betas=(0.8, 0.9), eps=1e-6, weight_decay=0.05)
+    second = replace(first, optimizer=new, train=replace(first.train, max_steps=10))
+    seen = OptimizerSettings()
+    results = fit(second, tmp_path / "run", callbacks=[seen])
+    assert seen.step == 6 and results.starts == 2
+    multiplier = lr_multiplier(second.scheduler, 10)(6)
+    decayed, plain = seen.groups
+    for group in (decayed, plain):
+        assert group["lr"] == pytest.approx(4e-4 * multiplier, rel=1e-12)
+        assert group["initial_lr"] == 4e-4
+        assert tuple(group["betas"]) == (0.8, 0.9) and group["eps"] == 1e-6
+    assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": 3}, "seed: checkpoint 1337, this run 3"),
+        ({"batch_size": 16}, "batch_size: checkpoint 8, this run 16"),
+        ({"seq_len": 64}, "seq_len: checkpoint 128, this run 64"),
+    ],
+    ids=["seed", "batch_size", "seq_len"],
+)
+def test_a_resume_with_other_data_settings_is_refused_before_any_work(tmp_path, cache_dir, change, message):
+    run = smoke(cache_dir, max_steps=4, val_every=4, val_tokens=4096)
+    run_dir = tmp_path / "run"
+    fit(run, run_dir)
+    before = snapshot(run_dir)
+    other = replace(run, train=replace(run.train, max_steps=8, **change))
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        fit(other, run_dir)
+    assert snapshot(run_dir) == before

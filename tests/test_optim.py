@@ -76,6 +76,33 @@ def test_muon_with_adamw_equals_the_two_optimizers_and_restores_exactly():
         assert torch.equal(p, q)
 
 
+ODD = {"lr": 0.0123, "betas": (0.81, 0.92), "eps": 3e-7, "weight_decay": 0.07, "momentum": 0.83, "warmup_steps": 17}
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon", "schedule_free"])
+def test_every_hyperparameter_reaches_the_optimizer(name):
+    """Unusual values for every field, read back from the built optimizer's parameter groups."""
+    if name == "schedule_free":
+        pytest.importorskip("schedulefree")
+    model = GPT(TINY)
+    opt = build_optimizer(model, OptimizerConfig(name=name, **ODD))
+    n_params = sum(len(g["params"]) for g in opt.param_groups)
+    assert n_params == len(list(model.parameters()))
+    for group in opt.param_groups:
+        assert group["lr"] == ODD["lr"]
+        is_muon = name == "muon" and "momentum" in group and "betas" not in group
+        if is_muon:  # Muon's groups: hidden matrices, decayed
+            assert group["momentum"] == ODD["momentum"] and group["weight_decay"] == ODD["weight_decay"]
+            continue
+        assert tuple(group["betas"]) == ODD["betas"] and group["eps"] == ODD["eps"]
+        decayed = all(p.ndim >= 2 for p in group["params"])
+        assert group["weight_decay"] == (ODD["weight_decay"] if decayed else 0.0)
+        if name == "schedule_free":
+            assert group["warmup_steps"] == ODD["warmup_steps"]
+    if name == "muon":
+        assert sum("betas" not in g for g in opt.param_groups) == len(opt.muon.param_groups) >= 1
+
+
 def test_gpu_only_and_unsupported_optimizer_settings_are_refused_up_front():
     cfg = OptimizerConfig(name="adamw8bit")
     problems = cfg.check_environment(on_gpu=False, strategy="fsdp")

@@ -120,3 +120,62 @@ def test_schedules_that_do_not_fit_the_run_are_refused():
         SchedulerConfig(name="wsd", cooldown_shape="exp", final_lr_frac=0.0)
     with pytest.raises(ConfigError, match=r"scheduler\.cooldown_shape='sqrt' is unknown"):
         SchedulerConfig(cooldown_shape="sqrt")
+
+
+@pytest.mark.parametrize(
+    "fields, formula",
+    [
+        (
+            {"name": "cosine", "warmup_steps": 7, "warmup_start_frac": 0.2, "final_lr_frac": 0.3},
+            lambda s: cosine(s, warmup_steps=7, total_steps=T, final_lr_frac=0.3, start_frac=0.2),
+        ),
+        (
+            {"name": "linear", "warmup_steps": 3, "final_lr_frac": 0.05},
+            lambda s: linear(s, warmup_steps=3, total_steps=T, final_lr_frac=0.05, start_frac=0.01),
+        ),
+        (
+            {"name": "wsd", "cooldown_steps": 7, "final_lr_frac": 0.0},  # 7, not cooldown_frac's int(0.2 * 110) = 22
+            lambda s: wsd(s, warmup_steps=40, total_steps=T, cooldown_steps=7, shape="1-sqrt", final_lr_frac=0.0),
+        ),
+        (
+            {"name": "wsd", "cooldown_frac": 0.5, "cooldown_shape": "square", "final_lr_frac": 0.1, "warmup_steps": 5},
+            lambda s: wsd(s, warmup_steps=5, total_steps=T, cooldown_steps=55, shape="square", final_lr_frac=0.1),
+        ),
+        ({"name": "constant", "warmup_steps": 9, "warmup_start_frac": 0.5}, lambda s: warmup(s, 9, 0.5)),
+        (
+            {
+                "name": "cosine_restarts",
+                "warmup_steps": 2,
+                "restart_steps": 11,
+                "restart_mult": 3.0,
+                "final_lr_frac": 0.2,
+            },
+            lambda s: cosine_restarts(s, warmup_steps=2, period=11, mult=3.0, final_lr_frac=0.2, start_frac=0.01),
+        ),
+    ],
+    ids=["cosine", "linear", "wsd-steps", "wsd-frac-shape", "constant", "restarts"],
+)
+def test_every_scheduler_field_changes_the_lr(fields, formula):
+    """The schedule a config builds is the formula with exactly that config's values, at every step (and not the
+    schedule of the default values: each field is seen to matter)."""
+    values = [lr_multiplier(SchedulerConfig(**fields), T)(s) for s in range(T + 5)]
+    assert values == [formula(s) for s in range(T + 5)]
+    default = SchedulerConfig(name=fields["name"])
+    assert values != [lr_multiplier(default, T)(s) for s in range(T + 5)]
+
+
+def test_plateau_fields_decide_when_the_lr_is_cut():
+    losses = [3.0, 2.995, 2.99, 2.90, 2.899, 2.898, 2.897]
+    expected = {  # (threshold, patience): a cut after which validation, worked out by hand
+        (1e-3, 1): [False, False, False, False, True, True, False],
+        (1e-3, 2): [False, False, False, False, False, True, False],
+        (1e-2, 1): [False, True, True, False, True, True, True],
+        (1e-2, 2): [False, False, True, False, False, True, False],
+    }
+    for (threshold, patience), cuts in expected.items():
+        cfg = SchedulerConfig(
+            name="constant", warmup_steps=0, plateau_factor=0.3, plateau_patience=patience, plateau_threshold=threshold
+        )
+        s = lr_multiplier(cfg, 100)
+        assert [s.observe(x) for x in losses] == cuts, (threshold, patience)
+        assert s(50) == pytest.approx(0.3 ** sum(cuts))
