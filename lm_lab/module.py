@@ -245,6 +245,10 @@ class LMModule(L.LightningModule):
         if self._rng_to_restore is not None:  # dropout continues with the random numbers it would have drawn
             set_rng_state(self._rng_to_restore, rank=self.global_rank, world_size=self.trainer.world_size)
             self._rng_to_restore = None
+        elif self.global_rank > 0:
+            # every rank was seeded alike (so the model is built alike); its dropout masks must not be alike too:
+            # rank r draws from seed + r (nanoGPT's seed offset), rank 0 keeps the single-process stream
+            torch.manual_seed(torch.initial_seed() + self.global_rank)
 
     def _apply_config_to_restored_optimizer(self) -> None:
         """A restored optimizer keeps the checkpoint's hyperparameters; this run's config wins instead (a resume

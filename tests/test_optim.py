@@ -208,7 +208,7 @@ class Snapshots(L.Callback):
 def test_averaged_weights_match_their_definition_and_are_evaluated_beside_the_raw_ones(tmp_path, kind):
     torch.manual_seed(0)
     module = LMModule(TINY, OptimizerConfig(lr=1e-2), SchedulerConfig(name="constant", warmup_steps=0), max_steps=6)
-    averaging = AveragedWeights(kind=kind, decay=0.5, start_step=1, every_n_steps=2)
+    averaging = AveragedWeights(kind=kind, decay=0.8, start_step=1, every_n_steps=2)
     snaps = Snapshots()
     trainer = tiny_trainer(tmp_path, [snaps, averaging])
     trainer.fit(module, datamodule=Windows())
@@ -216,7 +216,7 @@ def test_averaged_weights_match_their_definition_and_are_evaluated_beside_the_ra
     expected = [p.clone() for p in picked[0]]
     for n, later in enumerate(picked[1:], start=2):
         for e, p in zip(expected, later, strict=True):
-            e.copy_(0.5 * e + 0.5 * p if kind == "ema" else e + (p - e) / n)
+            e.copy_(0.8 * e + 0.2 * p if kind == "ema" else e + (p - e) / n)  # not 0.5: decay and 1 - decay differ
     averaged = list(averaging._average_model.module.parameters())
     for e, a in zip(expected, averaged, strict=True):
         torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-6)
