@@ -13,7 +13,7 @@ from lm_lab.data.config import DataConfig
 from lm_lab.data.datamodule import LMDataModule
 from lm_lab.data.embedded import embedded_documents
 from lm_lab.data.prepare import ShardWriter, ordered_map
-from lm_lab.data.shards import TokenShards, held_out, unigram_entropy
+from lm_lab.data.shards import TokenShards, held_out, token_dtype, unigram_entropy
 from lm_lab.data.tokenizers import BPETokenizer, ByteTokenizer, TiktokenTokenizer, TokenizerConfig, tokenizer_from_spec
 from lm_lab.data.windows import EpochPlan, TrainWindows, ValWindows
 from lm_lab.errors import ConfigError
@@ -130,6 +130,19 @@ def test_unigram_entropy_exact():
     assert unigram_entropy(np.array([0, 0, 1, 2]), 3) == pytest.approx(-(p * np.log(p)).sum())
 
 
+def test_token_files_use_the_smallest_dtype_that_holds_every_id():
+    assert token_dtype(257) == token_dtype(50257) == token_dtype(2**16) == np.uint16  # ids 0 .. 65535
+    assert token_dtype(2**16 + 1) == token_dtype(128256) == np.uint32
+
+
+def test_epoch_plan_edges():
+    # a shard shorter than two windows holds no tile at a random phase; one window in all is enough
+    assert EpochPlan(np.array([200, 20, 130]), seq_len=16, seed=0).tiles.tolist() == [11, 0, 7]
+    assert EpochPlan(np.array([32]), seq_len=16, seed=0).n_windows == 1  # at any phase < 16, 17 tokens fit
+    with pytest.raises(ValueError, match="31 tokens hold 0 windows"):
+        EpochPlan(np.array([31]), seq_len=16, seed=0)
+
+
 def test_epoch_plan_tiles_each_shard_once_per_epoch():
     plan = EpochPlan(np.array([200, 75, 130]), seq_len=16, seed=3, multiple_of=4)
     assert plan.tiles.tolist() == [11, 3, 7] and plan.n_windows == 20  # 21 windows, whole batches of 4
@@ -182,6 +195,7 @@ def test_train_windows_resume_and_worker_count_do_not_change_the_order(shards):
     # each epoch reads each of its windows once
     rows = [tuple(r.tolist()) for b in full[:per_epoch] for r in b]
     assert len(set(rows)) == len(rows) == per_epoch * 2
+    assert all(b.dtype == torch.int64 and b.shape == (2, 17) for b in full)  # token ids, as the embedding takes them
 
 
 def test_ranks_read_disjoint_parts_that_make_up_the_single_process_stream(shards):
@@ -204,6 +218,10 @@ def test_val_windows_cover_each_target_once_across_ranks(tmp_path):
     assert ValWindows(val, 10, max_tokens=25).windows == [(0, 0), (0, 10)]
     assert whole[1].tolist() == list(range(10, 21))
     assert whole.targets().tolist() == list(range(1, 91)) + list(range(101, 141))
+    assert ValWindows(val, 10, max_tokens=5).windows == [(0, 0)]  # fewer tokens than a window: still one
+    # a window needs seq_len + 1 tokens: 31 tokens hold 3 windows of 10 targets, 30 only 2
+    edge = TokenShards(make_shards(tmp_path / "edge", [[0] * 100], [list(range(31)), list(range(30))], 31), "val")
+    assert ValWindows(edge, 10).windows == [(0, 0), (0, 10), (0, 20), (1, 0), (1, 10)]
 
 
 def test_ordered_map_keeps_order_across_processes():
@@ -354,8 +372,8 @@ def test_a_resume_that_would_read_other_tokens_is_refused(cache_dir, change, mes
     same = module()
     same.load_state_dict(state)
     assert next(iter(same.train_dataloader())).shape == (4, 65)  # the same settings resume
-    saved = {**state, **change.pop("saved", {})}
-    other = module(**change)
+    saved = {**state, **change.get("saved", {})}
+    other = module(**{k: v for k, v in change.items() if k != "saved"})
     other.load_state_dict(saved)
     with pytest.raises(ConfigError, match=re.escape(message)):
         other.train_dataloader()

@@ -419,6 +419,14 @@ def test_validation_loss_is_the_token_mean_over_every_window(tmp_path, cache_dir
     assert abs(token_mean - batch_means) > 1e-3  # the two averages are told apart
     assert results.val_loss == pytest.approx(token_mean, abs=1e-5)
     assert results.val_tokens == 13 * 128
+    # the bookkeeping of results.json, from first principles
+    assert results.steps == 12 and results.tokens == 12 * 8 * 128 == results.steps * results.tokens_per_step
+    assert results.params == sum(p.numel() for p in model.parameters())  # the tied head counted once
+    assert results.params - results.params_non_embedding == model.wte.weight.numel() + model.wpe.weight.numel()
+    assert results.flops_per_token == 6 * (results.params_non_embedding + model.wte.weight.numel()) + 12 * 2 * 128 * 64
+    assert results.flops == results.tokens * results.flops_per_token
+    assert results.val_ppl == pytest.approx(math.exp(results.val_loss), rel=1e-12)
+    assert results.val_step == 12 and results.stop_reason == "max_steps"
 
 
 class GradNorms(L.Callback):

@@ -76,6 +76,22 @@ def test_flops_per_token_formula():
         assert abs(appendix_f / flops_per_token(cfg, 1024) - 1) < 0.01
 
 
+def test_chinchilla_appendix_f_by_hand():
+    """Hoffmann et al. 2022 App. F for d=64, 2 layers, 2 heads, vocab 128, T=16, d_ff=256, term by term."""
+    cfg = ModelConfig(n_layer=2, n_head=2, d_model=64, d_ff=256, block_size=16, vocab_size=128)
+    embeddings = 2 * 16 * 128 * 64  # 262,144
+    attention = 393_216 + 32_768 + 1_536 + 32_768 + 131_072  # qkv, QK^T logits, softmax (3HT^2), AV, output
+    dense = 1_048_576  # 2 * T * (d * d_ff * 2)
+    logits = 262_144
+    forward = embeddings + 2 * (attention + dense) + logits
+    assert forward == 3_804_160
+    assert chinchilla_flops_per_token(cfg, 16) == 3 * forward / 16 == 713_280
+    # 6N + 12 L T d, N = the non-embedding parameters plus the tied head (128 x 64): per layer two LayerNorms
+    # (2 x 128), attention 4 x 64^2 + 4 x 64, MLP 2 x 64 x 256 + 256 + 64; then the final LayerNorm (128)
+    assert non_embedding_params(cfg) == 2 * (256 + 16_640 + 33_088) + 128 == 100_096
+    assert flops_per_token(cfg, 16) == 6 * (100_096 + 8_192) + 12 * 2 * 16 * 64 == 674_304
+
+
 def test_invalid_shape_names_the_field():
     with pytest.raises(ConfigError, match=r"model\.n_head=5 does not divide model\.d_model=128"):
         ModelConfig(n_head=5, d_model=128)

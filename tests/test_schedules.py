@@ -8,6 +8,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from lm_lab.errors import ConfigError
 from lm_lab.optim import SchedulerConfig, cooldown, cosine, cosine_restarts, linear, lr_multiplier, warmup, wsd
+from lm_lab.optim.schedules import COOLDOWN_SHAPES
 
 W, T, S = 10, 110, 0.01  # warmup steps, total steps, warmup start fraction
 KW = {"warmup_steps": W, "total_steps": T, "start_frac": S}
@@ -30,9 +31,10 @@ def test_decays_hit_the_formula_at_the_landmarks(fn):
     assert fn(T, **kw) == pytest.approx(0.1) and fn(T + 50, **kw) == pytest.approx(0.1)  # end, and after
 
 
-@pytest.mark.parametrize("shape", ["linear", "1-sqrt", "cosine", "mirror_cosine", "square", "exp"])
-def test_wsd_against_the_formulas(shape):
-    final = 0.05 if shape == "exp" else 0.0
+@pytest.mark.parametrize(  # exp decays to final_lr_frac, which must then be > 0
+    "shape, final", [(s, f) for s in COOLDOWN_SHAPES for f in (0.0, 0.05) if not (s == "exp" and f == 0.0)]
+)
+def test_wsd_against_the_formulas(shape, final):
     c = 20  # cooldown steps: stable until 90
     kw = {**KW, "cooldown_steps": c, "shape": shape, "final_lr_frac": final}
     assert wsd(W - 1, **kw) == pytest.approx(warmup(W - 1, W, S))
@@ -109,6 +111,17 @@ def test_a_cooldown_fork_reproduces_one_wsd_run():
     assert single(k + n) == 0.0
 
 
+def test_schedules_at_the_edges_of_the_run_are_accepted():
+    assert lr_multiplier(SchedulerConfig(warmup_steps=100), 100)(99) < 1.0  # a run that is all warmup
+    one = lr_multiplier(SchedulerConfig(name="wsd", warmup_steps=0, cooldown_steps=1, final_lr_frac=0.0), 100)
+    assert one(98) == one(99) == 1.0 and one(100) == 0.0  # a one-step cooldown
+    no_stable = lr_multiplier(SchedulerConfig(name="wsd", warmup_steps=40, cooldown_steps=60), 100)
+    assert no_stable(39) < 1.0 and no_stable(40) == 1.0 and no_stable(41) < 1.0  # warmup straight into cooldown
+    short = cosine(1, warmup_steps=1, total_steps=2, final_lr_frac=0.1)  # one decay step: 1 -> final at once
+    assert short == 1.0 and cosine(2, warmup_steps=1, total_steps=2, final_lr_frac=0.1) == pytest.approx(0.1)
+    assert linear(2, warmup_steps=1, total_steps=2, final_lr_frac=0.1) == pytest.approx(0.1)
+
+
 def test_schedules_that_do_not_fit_the_run_are_refused():
     with pytest.raises(ConfigError, match=r"scheduler\.warmup_steps=300 exceeds train\.max_steps=100"):
         lr_multiplier(SchedulerConfig(warmup_steps=300), 100)
@@ -164,6 +177,15 @@ def test_every_scheduler_field_changes_the_lr(fields, formula):
     assert values != [lr_multiplier(default, T)(s) for s in range(T + 5)]
 
 
+def test_plateau_edges():
+    on = SchedulerConfig(name="constant", warmup_steps=0, plateau_factor=0.5, plateau_patience=2)
+    s = lr_multiplier(on, 100)
+    # an improvement resets the count of bad validations; a non-finite loss neither counts nor cuts
+    assert [s.observe(x) for x in (3.0, 3.0, 2.0, 2.0, float("nan"), 2.0)] == [False, False, False, False, False, True]
+    off = lr_multiplier(SchedulerConfig(name="constant", warmup_steps=0), 100)
+    assert not any(off.observe(x) for x in (3.0, 3.0, 3.0, 3.0)) and off(50) == 1.0
+
+
 def test_plateau_fields_decide_when_the_lr_is_cut():
     losses = [3.0, 2.995, 2.99, 2.90, 2.899, 2.898, 2.897]
     expected = {  # (threshold, patience): a cut after which validation, worked out by hand
@@ -179,3 +201,25 @@ def test_plateau_fields_decide_when_the_lr_is_cut():
         s = lr_multiplier(cfg, 100)
         assert [s.observe(x) for x in losses] == cuts, (threshold, patience)
         assert s(50) == pytest.approx(0.3 ** sum(cuts))
+
+
+@pytest.mark.parametrize(
+    "field, ok, bad",
+    [
+        ("warmup_steps", 0, -1),
+        ("warmup_start_frac", 1.0, 1.01),
+        ("final_lr_frac", 1.0, -0.01),
+        ("cooldown_frac", 1.0, 0.0),
+        ("cooldown_steps", 1, 0),
+        ("restart_steps", 1, 0),
+        ("restart_mult", 1.0, 0.99),
+        ("plateau_factor", 0.999, 1.0),
+    ],
+)
+def test_scheduler_fields_accept_their_edges_and_name_the_field_beyond(field, ok, bad):
+    SchedulerConfig(**{field: ok})
+    with pytest.raises(ConfigError, match=rf"scheduler\.{field}"):
+        SchedulerConfig(**{field: bad})
+    if field == "plateau_factor":
+        with pytest.raises(ConfigError, match=r"scheduler\.plateau_factor=0\b"):
+            SchedulerConfig(plateau_factor=0)
