@@ -1,5 +1,6 @@
 """Every YAML composes and validates; bad configs fail before any work with a line that names the field."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,9 @@ def test_unknown_group_option_lists_the_choices():
 def test_gpu_trainer_on_a_cpu_machine_is_refused():
     with pytest.raises(ConfigError, match=r"trainer\.accelerator='gpu' but no CUDA GPU is visible"):
         run_config(["trainer=gpu"])
+
+
+def test_tests_readme_lists_every_test_file():
+    tests = Path(__file__).resolve().parent
+    listed = set(re.findall(r"^\| `([\w.]+\.py)` \|", (tests / "README.md").read_text(), re.MULTILINE))
+    assert listed == {p.name for p in tests.glob("*.py") if p.name != "__init__.py"}

@@ -1,0 +1,672 @@
+"""Hand-written mutants: realistic bugs, each injected alone into a copy of the source, with the tests that must
+catch it. `python -m tests.mutations` runs every mutant's tests and reports CAUGHT or SURVIVED (exit 1 if any
+survived); `--only ID ...` runs some; `--list` prints the catalogue. Not collected by pytest (no `test_` prefix).
+
+A new feature adds its mutants here: break it on purpose the way a refactor would, and name the test that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    """pytest node ids or files; the mutant is caught when they fail."""
+    what: str
+
+
+M = Mutant
+MUTANTS = [
+    # -- the model and its init -------------------------------------------------------------------------------
+    M(
+        "ln-swap",
+        "lm_lab/models/gpt.py",
+        "self.attn(self.ln_1(x))\n        return x + self.mlp(self.ln_2(x))",
+        "self.attn(self.ln_2(x))\n        return x + self.mlp(self.ln_1(x))",
+        ("tests/test_models.py::test_parity_with_huggingface_gpt2",),
+        "ln_1 and ln_2 swapped in the block",
+    ),
+    M(
+        "exact-gelu",
+        "lm_lab/models/gpt.py",
+        'nn.GELU(approximate="tanh")',
+        "nn.GELU()",
+        ("tests/test_models.py::test_parity_with_huggingface_gpt2",),
+        "exact GELU instead of GPT-2's tanh GELU",
+    ),
+    M(
+        "no-resid-scale",
+        "lm_lab/models/gpt.py",
+        "std=std / math.sqrt(2 * self.config.n_layer)",
+        "std=std",
+        ("tests/test_models.py::test_init_statistics_follow_gpt2",),
+        "no 1/sqrt(2L) scaling of residual projections",
+    ),
+    M(
+        "wpe-std",
+        "lm_lab/models/gpt.py",
+        "self.wpe.weight, mean=0.0, std=0.01",
+        "self.wpe.weight, mean=0.0, std=std",
+        ("tests/test_models.py::test_init_statistics_follow_gpt2",),
+        "position-embedding init std 0.02 instead of 0.01",
+    ),
+    M(
+        "not-causal",
+        "lm_lab/models/gpt.py",
+        "dropout_p=dropout_p, is_causal=True)",
+        "dropout_p=dropout_p, is_causal=False)",
+        ("tests/test_models.py::test_causal_masking",),
+        "attention sees the future",
+    ),
+    M(
+        "attn-scale",
+        "lm_lab/models/gpt.py",
+        "dropout_p=dropout_p, is_causal=True)",
+        "dropout_p=dropout_p, is_causal=True, scale=1.0)",
+        ("tests/test_models.py::test_parity_with_huggingface_gpt2",),
+        "attention logits not scaled by 1/sqrt(d)",
+    ),
+    M(
+        "untied-head",
+        "lm_lab/models/gpt.py",
+        "        self.lm_head.weight = self.wte.weight  # tied",
+        "        # tied",
+        ("tests/test_models.py::test_named_sizes_match_published_gpt2",),
+        "output head not tied to the embedding",
+    ),
+    M(
+        "no-ln-f",
+        "lm_lab/models/gpt.py",
+        "return self.lm_head(self.ln_f(x))",
+        "return self.lm_head(x)",
+        ("tests/test_models.py::test_parity_with_huggingface_gpt2",),
+        "final LayerNorm skipped",
+    ),
+    M(
+        "ln-eps",
+        "lm_lab/models/gpt.py",
+        "self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)",
+        "self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias, eps=1e-6)",
+        ("tests/test_models.py::test_parity_with_huggingface_gpt2",),
+        "final LayerNorm ignores layer_norm_eps",
+    ),
+    M(
+        "attn-dropout-eval",
+        "lm_lab/models/gpt.py",
+        "self.attn_dropout if self.training else 0.0",
+        "self.attn_dropout",
+        ("tests/test_models.py::test_dropout_on_in_training_off_in_eval",),
+        "attention dropout left on in eval",
+    ),
+    M(
+        "bias-init",
+        "lm_lab/models/gpt.py",
+        "                if module.bias is not None:\n                    nn.init.zeros_(module.bias)\n            elif",
+        "                if module.bias is not None:\n                    nn.init.normal_(module.bias, std=std)\n            elif",
+        ("tests/test_models.py::test_init_statistics_follow_gpt2",),
+        "linear biases not zero at init",
+    ),
+    # -- loss and targets -------------------------------------------------------------------------------------
+    M(
+        "no-shift",
+        "lm_lab/module.py",
+        "x, y = batch[:, :-1], batch[:, 1:]",
+        "x, y = batch[:, :-1], batch[:, :-1]",
+        ("tests/test_fit.py::test_the_loss_is_next_token_cross_entropy_by_hand",),
+        "targets not shifted",
+    ),
+    M(
+        "val-per-batch",
+        "lm_lab/module.py",
+        "self.val_loss.update(self.loss(batch), weight=batch.shape[0] * (batch.shape[1] - 1))",
+        "self.val_loss.update(self.loss(batch))",
+        ("tests/test_fit.py::test_validation_loss_is_the_token_mean_over_every_window",),
+        "val loss averaged per batch",
+    ),
+    # -- optimizer, clipping ----------------------------------------------------------------------------------
+    M(
+        "no-clip",
+        "lm_lab/module.py",
+        "norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)",
+        "norm = torch.nn.utils.clip_grad_norm_(self.parameters(), math.inf)",
+        ("tests/test_fit.py::test_gradients_are_clipped_to_the_configured_norm",),
+        "gradient clipping skipped",
+    ),
+    M(
+        "betas-dropped",
+        "lm_lab/optim/optimizers.py",
+        "return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)",
+        "return torch.optim.AdamW(groups, lr=cfg.lr, eps=cfg.eps, fused=fused)",
+        ("tests/test_optim.py::test_every_hyperparameter_reaches_the_optimizer",),
+        "AdamW built without the betas",
+    ),
+    M(
+        "eps-dropped",
+        "lm_lab/optim/optimizers.py",
+        "return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused)",
+        "return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=fused)",
+        ("tests/test_optim.py::test_every_hyperparameter_reaches_the_optimizer",),
+        "AdamW built without eps",
+    ),
+    M(
+        "decay-norms",
+        "lm_lab/optim/optimizers.py",
+        '{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay}',
+        '{"params": [p for p in params if p.ndim >= 1], "weight_decay": weight_decay}',
+        ("tests/test_models.py::test_weight_decay_only_on_matrices",),
+        "weight decay on norms and biases",
+    ),
+    M(
+        "muon-momentum",
+        "lm_lab/optim/optimizers.py",
+        "momentum=cfg.momentum, adjust_lr_fn",
+        "momentum=0.95, adjust_lr_fn",
+        ("tests/test_optim.py::test_every_hyperparameter_reaches_the_optimizer",),
+        "optimizer.momentum ignored by Muon",
+    ),
+    M(
+        "sf-warmup",
+        "lm_lab/optim/optimizers.py",
+        "warmup_steps=cfg.warmup_steps,",
+        "warmup_steps=0,",
+        ("tests/test_optim.py::test_every_hyperparameter_reaches_the_optimizer",),
+        "schedule-free warmup ignored",
+    ),
+    # -- schedules --------------------------------------------------------------------------------------------
+    M(
+        "cooldown-steps-ignored",
+        "lm_lab/optim/schedules.py",
+        "return self.cooldown_steps if self.cooldown_steps is not None else int(self.cooldown_frac * total_steps)",
+        "return int(self.cooldown_frac * total_steps)",
+        ("tests/test_schedules.py::test_every_scheduler_field_changes_the_lr",),
+        "scheduler.cooldown_steps ignored",
+    ),
+    M(
+        "warmup-off-by-one",
+        "lm_lab/optim/schedules.py",
+        "progress = step / warmup_steps",
+        "progress = (step + 1) / warmup_steps",
+        ("tests/test_schedules.py::test_warmup_follows_hagele_et_al",),
+        "warmup one step ahead",
+    ),
+    M(
+        "cosine-final",
+        "lm_lab/optim/schedules.py",
+        "return final_lr_frac + (1 - final_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))",
+        "return 0.5 * (1 + math.cos(math.pi * progress))",
+        ("tests/test_schedules.py::test_decays_hit_the_formula_at_the_landmarks",),
+        "cosine decays to 0, not final_lr_frac",
+    ),
+    M(
+        "warmup-start-ignored",
+        "lm_lab/optim/schedules.py",
+        '"start_frac": c["warmup_start_frac"],',
+        '"start_frac": 0.01,',
+        ("tests/test_schedules.py::test_every_scheduler_field_changes_the_lr",),
+        "scheduler.warmup_start_frac ignored",
+    ),
+    M(
+        "shape-ignored",
+        "lm_lab/optim/schedules.py",
+        'cooldown_steps=self.cooldown_steps, shape=c["cooldown_shape"]',
+        'cooldown_steps=self.cooldown_steps, shape="1-sqrt"',
+        ("tests/test_schedules.py::test_every_scheduler_field_changes_the_lr",),
+        "scheduler.cooldown_shape ignored",
+    ),
+    M(
+        "restart-mult-ignored",
+        "lm_lab/optim/schedules.py",
+        'period=c["restart_steps"], mult=c["restart_mult"]',
+        'period=c["restart_steps"], mult=1.0',
+        ("tests/test_schedules.py::test_every_scheduler_field_changes_the_lr",),
+        "scheduler.restart_mult ignored",
+    ),
+    M(
+        "plateau-threshold",
+        "lm_lab/optim/schedules.py",
+        'val_loss < p["best"] * (1 - self.cfg["plateau_threshold"])',
+        'val_loss < p["best"]',
+        ("tests/test_schedules.py::test_plateau_fields_decide_when_the_lr_is_cut",),
+        "scheduler.plateau_threshold ignored",
+    ),
+    M(
+        "lr-interval-epoch",
+        "lm_lab/module.py",
+        '"scheduler": scheduler, "interval": "step"',
+        '"scheduler": scheduler, "interval": "epoch"',
+        ("tests/test_fit.py::test_golden_loss_sequence_of_the_main_job",),
+        "LR schedule stepped per epoch",
+    ),
+    # -- tokenizer and split ----------------------------------------------------------------------------------
+    M(
+        "bpe-sees-val",
+        "lm_lab/data/prepare.py",
+        "if cfg.val_from is None and held_out(text, cfg.val_fraction):",
+        "if False and held_out(text, cfg.val_fraction):",
+        ("tests/test_data.py::test_bpe_is_trained_on_the_training_documents_only",),
+        "BPE trained on validation documents",
+    ),
+    M(
+        "held-out-flipped",
+        "lm_lab/data/shards.py",
+        "return u < val_fraction",
+        "return u > 1 - val_fraction",
+        ("tests/test_data.py::test_held_out_is_a_pure_function_of_the_text",),
+        "another held-out rule (same fraction)",
+    ),
+    M(
+        "val-overlap",
+        "lm_lab/data/windows.py",
+        "(i, k * seq_len) for i, size",
+        "(i, k * (seq_len // 2)) for i, size",
+        ("tests/test_data.py::test_val_windows_cover_each_target_once_across_ranks",),
+        "validation windows overlap",
+    ),
+    # -- resume -----------------------------------------------------------------------------------------------
+    M(
+        "skipped-not-restored",
+        "lm_lab/module.py",
+        'self.skipped_steps, self._skipped_in_a_row = checkpoint.get("skipped_steps", [0, 0])',
+        "self.skipped_steps, self._skipped_in_a_row = 0, 0",
+        ("tests/test_faults.py::test_skipped_updates_are_counted_across_a_resume",),
+        "skipped-step counters not restored",
+    ),
+    M(
+        "train-seconds-not-restored",
+        "lm_lab/module.py",
+        'self.train_seconds_before = cost.get("train_seconds", 0.0)',
+        "self.train_seconds_before = 0.0",
+        ("tests/test_faults.py::test_killed_right_after_a_step_checkpoint",),
+        "train_seconds of earlier starts lost",
+    ),
+    M(
+        "starts-not-restored",
+        "lm_lab/module.py",
+        'self.starts = cost.get("starts", 0) + 1',
+        "self.starts = 1",
+        ("tests/test_faults.py::test_killed_right_after_a_step_checkpoint",),
+        "start count not restored",
+    ),
+    M(
+        "spikes-not-restored",
+        "callbacks/loss_spikes.py",
+        '        self.count = state["count"]',
+        "        self.count = 0",
+        ("tests/test_resume.py::test_loss_spike_monitor_state_survives_a_checkpoint",),
+        "loss-spike count not restored",
+    ),
+    M(
+        "rng-not-restored",
+        "lm_lab/module.py",
+        "            set_rng_state(self._rng_to_restore, rank=self.global_rank, world_size=self.trainer.world_size)\n",
+        "",
+        ("tests/test_faults.py::test_killed_right_after_a_step_checkpoint",),
+        "random state not restored",
+    ),
+    M(
+        "rng-rank0-everywhere",
+        "lm_lab/checkpoint.py",
+        "return per_rank[rank].clone() if",
+        "return per_rank[0].clone() if",
+        ("tests/test_resume.py::test_rng_state_per_rank",),
+        "every rank gets rank 0's random state back",
+    ),
+    M(
+        "config-hparams-not-applied",
+        "lm_lab/module.py",
+        "        self._apply_config_to_restored_optimizer()\n",
+        "",
+        ("tests/test_faults.py::test_a_resume_takes_the_optimizer_settings_of_its_config",),
+        "resume keeps the checkpoint's optimizer hyperparameters",
+    ),
+    M(
+        "only-lr-applied",
+        "lm_lab/optim/optimizers.py",
+        'HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "momentum", "nesterov")',
+        'HYPERPARAMETERS = ("lr",)',
+        ("tests/test_faults.py::test_a_resume_takes_the_optimizer_settings_of_its_config",),
+        "resume applies the config's LR but not its betas, eps or weight decay",
+    ),
+    M(
+        "oldest-checkpoint",
+        "lm_lab/checkpoint.py",
+        '-pc[1]["global_step"], pc[0].name != "last.ckpt"',
+        'pc[1]["global_step"], pc[0].name != "last.ckpt"',
+        ("tests/test_resume.py::test_resume_picks_the_newest_checkpoint_by_step",),
+        "resume picks the oldest checkpoint",
+    ),
+    M(
+        "position-wrong",
+        "lm_lab/data/datamodule.py",
+        "return global_step * (self.batch_size // self.micro_batch_size)",
+        "return global_step * self.batch_size",
+        ("tests/test_faults.py::test_killed_right_after_a_step_checkpoint",),
+        "the data position after a resume counts windows, not micro-batches",
+    ),
+    # -- identity checks --------------------------------------------------------------------------------------
+    M(
+        "dm-identity-off",
+        "lm_lab/data/datamodule.py",
+        'changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if saved.get(k) != v]',
+        "changed = []",
+        ("tests/test_data.py::test_a_resume_that_would_read_other_tokens_is_refused",),
+        "the data module resumes onto other token files, tokenizer, seed or batch size",
+    ),
+    M(
+        "fit-identity-off",
+        "lm_lab/checkpoint.py",
+        "        if key in saved_data and saved_data[key] != value:",
+        "        if False:",
+        ("tests/test_faults.py::test_a_resume_with_other_data_settings_is_refused_before_any_work",),
+        "check_compatible ignores seed, batch size, seq_len and the corpus",
+    ),
+    # -- metrics and timing -----------------------------------------------------------------------------------
+    M(
+        "clock-through-val",
+        "callbacks/throughput.py",
+        "            self._elapsed += self.clock() - self._t0  # stop the clock during validation",
+        "            pass",
+        ("tests/test_fit.py::test_throughput_excludes_validation_time",),
+        "throughput clock runs through validation",
+    ),
+    M(
+        "flops-attn-term",
+        "lm_lab/models/counting.py",
+        "return 6 * n_matmul + 12 * cfg.n_layer * seq_len * cfg.d_model",
+        "return 6 * n_matmul + 6 * cfg.n_layer * seq_len * cfg.d_model",
+        ("tests/test_models.py::test_flops_per_token_formula",),
+        "attention FLOPs halved",
+    ),
+    M(
+        "tokens-per-step",
+        "callbacks/throughput.py",
+        "self.tokens_per_step = micro * self.seq_len * trainer.accumulate_grad_batches * trainer.world_size",
+        "self.tokens_per_step = micro * self.seq_len * trainer.world_size",
+        ("tests/test_fit.py::test_throughput_excludes_validation_time",),
+        "tokens per step ignore gradient accumulation",
+    ),
+    M(
+        "unigram-log2",
+        "lm_lab/data/shards.py",
+        "np.log(p)",
+        "np.log2(p)",
+        ("tests/test_data.py::test_unigram_entropy_exact",),
+        "unigram entropy in bits, not nats",
+    ),
+    # -- beyond the probe's list: more bugs a refactor or a new variant could bring ----------------------------
+    M(
+        "rng-rank0-ddp",
+        "lm_lab/checkpoint.py",
+        "return per_rank[rank].clone() if",
+        "return per_rank[0].clone() if",
+        ("tests/test_resume.py::test_two_process_run_killed_and_resumed_continues_each_ranks_random_state",),
+        "every rank gets rank 0's random state back (a real 2-process kill and resume)",
+    ),
+    M(
+        "ema-decay-flipped",
+        "callbacks/averaging.py",
+        '{"avg_fn": get_ema_avg_fn(decay)}',
+        '{"avg_fn": get_ema_avg_fn(1 - decay)}',
+        ("tests/test_optim.py::test_averaged_weights_match_their_definition_and_are_evaluated_beside_the_raw_ones",),
+        "EMA with decay and 1 - decay swapped",
+    ),
+    M(
+        "averaging-start",
+        "callbacks/averaging.py",
+        "and step_idx >= self.start_step",
+        "and step_idx > self.start_step",
+        ("tests/test_optim.py::test_averaged_weights_match_their_definition_and_are_evaluated_beside_the_raw_ones",),
+        "weight averaging starts one step late",
+    ),
+    M(
+        "checkpoint-every-n",
+        "callbacks/checkpoint.py",
+        "step % self.every_n_steps == 0",
+        "step % (self.every_n_steps + 1) == 0",
+        ("tests/test_faults.py::test_killed_right_after_a_step_checkpoint",),
+        "step checkpoints at the wrong interval",
+    ),
+    M(
+        "prefer-snapshots",
+        "lm_lab/checkpoint.py",
+        "found.sort(key=lambda pc: (_before_validation(pc[1]), ",
+        "found.sort(key=lambda pc: (False, ",
+        ("tests/test_resume.py::test_resume_picks_the_newest_checkpoint_by_step",),
+        "resume from a snapshot taken just before a validation (that validation would be skipped)",
+    ),
+    M(
+        "shapes-unchecked",
+        "lm_lab/checkpoint.py",
+        "problems = tensor_problems(model_shapes(run.model), model_state(ckpt))",
+        "problems = []",
+        ("tests/test_resume.py::test_finished_runs_incompatible_resumes_and_a_lost_final_validation",),
+        "a resume into a model of another shape is not refused up front",
+    ),
+    M(
+        "fork-optimizer-unchecked",
+        "lm_lab/checkpoint.py",
+        "if differ and not allow:",
+        "if False:",
+        ("tests/test_fit.py::test_a_fork_with_another_optimizer_is_refused_unless_allowed",),
+        "a fork with another peak LR is not refused",
+    ),
+    M(
+        "fork-length",
+        "lm_lab/config.py",
+        "max_steps = fork_step + sched.cooldown_steps  # a cooldown fork",
+        "max_steps = tr.max_steps  # a cooldown fork",
+        ("tests/test_forks.py::test_cooldown_forks_equal_single_wsd_runs",),
+        "a cooldown fork's length not derived from its start",
+    ),
+    M(
+        "nonfinite-unguarded",
+        "lm_lab/module.py",
+        "elif not torch.isfinite(norm):",
+        "elif False:",
+        ("tests/test_fit.py::test_a_non_finite_stop_inside_fit_returns_instead_of_exiting",),
+        "non-finite gradients applied",
+    ),
+    M(
+        "epoch-phase-fixed",
+        "lm_lab/data/windows.py",
+        "phase = int(rng.integers(self.seq_len))",
+        "phase = 0",
+        ("tests/test_data.py::test_epoch_plan_tiles_each_shard_once_per_epoch",),
+        "every epoch cuts the same windows",
+    ),
+    M(
+        "ranks-overlap",
+        "lm_lab/data/windows.py",
+        "j = local * self.world + self.rank",
+        "j = local + self.rank",
+        ("tests/test_data.py::test_ranks_read_disjoint_parts_that_make_up_the_single_process_stream",),
+        "ranks read overlapping micro-batches",
+    ),
+    M(
+        "val-ranks-overlap",
+        "lm_lab/data/windows.py",
+        "self.windows = all_windows[rank::world]",
+        "self.windows = all_windows",
+        ("tests/test_data.py::test_val_windows_cover_each_target_once_across_ranks",),
+        "every rank scores every val window",
+    ),
+    M(
+        "muon-takes-embeddings",
+        "lm_lab/optim/optimizers.py",
+        "embeddings = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}",
+        "embeddings = set()",
+        ("tests/test_optim.py::test_muon_takes_hidden_matrices_and_adamw_the_rest",),
+        "Muon orthogonalises the embeddings",
+    ),
+    M(
+        "chinchilla-dense",
+        "lm_lab/models/counting.py",
+        "dense = 2 * t * (d * cfg.d_ff * 2)",
+        "dense = 2 * t * d * cfg.d_ff",
+        ("tests/test_models.py::test_flops_per_token_formula",),
+        "App. F MLP FLOPs halved",
+    ),
+    M(
+        "final-val-tokens",
+        "lm_lab/config.py",
+        'return self.val_tokens if self.final_val_tokens == "val_tokens" else self.final_val_tokens',
+        "return self.val_tokens",
+        ("tests/test_fit.py::test_final_evaluation_on_the_whole_held_out_split",),
+        "train.final_val_tokens ignored",
+    ),
+    M(
+        "rng-view",
+        "lm_lab/checkpoint.py",
+        "return per_rank[rank].clone() if",
+        "return per_rank[rank] if",
+        ("tests/test_resume.py::test_rng_state_per_rank",),
+        "a rank's random state restored from a view (torch 2.13 segfaults)",
+    ),
+    M(
+        "ranks-same-dropout",
+        "lm_lab/module.py",
+        "elif self.global_rank > 0:",
+        "elif False:",
+        ("tests/test_resume.py::test_two_process_run_killed_and_resumed_continues_each_ranks_random_state",),
+        "every rank draws the same dropout masks",
+    ),
+    M(
+        "cooldown-final",
+        "lm_lab/optim/schedules.py",
+        "    return f + (1 - f) * g\n",
+        "    return f + (1 + f) * g\n",
+        ("tests/test_schedules.py::test_wsd_against_the_formulas",),
+        "a cooldown to a non-zero final LR overshoots",
+    ),
+    M(
+        "plateau-no-reset",
+        "lm_lab/optim/schedules.py",
+        'p["best"], p["bad"] = val_loss, 0',
+        'p["best"] = val_loss',
+        ("tests/test_schedules.py::test_plateau_edges",),
+        "an improvement does not reset the plateau count",
+    ),
+    M(
+        "appendix-f-softmax",
+        "lm_lab/models/counting.py",
+        "+ 3 * h * t * t  # softmax",
+        "+ 3 * h * t  # softmax",
+        ("tests/test_models.py::test_chinchilla_appendix_f_by_hand",),
+        "App. F softmax term wrong (a 1% tolerance hid it)",
+    ),
+    M(
+        "token-dtype-edge",
+        "lm_lab/data/shards.py",
+        "vocab_size <= 2**16",
+        "vocab_size < 2**16",
+        ("tests/test_data.py::test_token_files_use_the_smallest_dtype_that_holds_every_id",),
+        "a 65,536-id vocabulary stored as uint32",
+    ),
+    M(
+        "results-tokens",
+        "lm_lab/train.py",
+        "tokens = trainer.global_step * run.tokens_per_step",
+        "tokens = trainer.global_step * tr.batch_size",
+        ("tests/test_fit.py::test_validation_loss_is_the_token_mean_over_every_window",),
+        "results' tokens count sequences",
+    ),
+    M(
+        "results-flops",
+        "lm_lab/train.py",
+        "flops=float(tokens * fpt),",
+        "flops=float(6 * tokens * param_count(run.model)),",
+        ("tests/test_fit.py::test_validation_loss_is_the_token_mean_over_every_window",),
+        "results' FLOPs as 6 N D",
+    ),
+]
+
+
+def apply(mutant: Mutant, root: Path) -> None:
+    path = root / mutant.file
+    text = path.read_text()
+    count = text.count(mutant.old)
+    if count != 1:
+        raise SystemExit(f"mutant {mutant.id}: the text to replace occurs {count} times in {mutant.file}, not once")
+    path.write_text(text.replace(mutant.old, mutant.new))
+
+
+def copy_tree(dest: Path) -> None:
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True)
+    for name in files.stdout.splitlines():
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def run(mutant: Mutant, cache: Path) -> tuple[bool, float, str]:
+    """(caught, seconds, last lines of the output) for one mutant in a fresh copy of the tree."""
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.id}-") as tmp:
+        root = Path(tmp)
+        copy_tree(root)
+        apply(mutant, root)
+        env = {**os.environ, "PYTHONPATH": str(root), "LM_LAB_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": ""}
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
+        started = time.monotonic()
+        proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        if proc.returncode > 1:  # 2-5: the tests did not run (collection error, no such test ...)
+            raise SystemExit(f"mutant {mutant.id}: pytest could not run its tests (rc {proc.returncode}):\n{tail}")
+        return proc.returncode != 0, time.monotonic() - started, tail  # 1: a test failed; < 0: a test crashed it
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", help="mutant ids to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
+    parser.add_argument("--no-baseline", action="store_true", help="skip running the tests on the real code first")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTANTS if not args.only or m.id in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:28} {m.what}  <- {', '.join(m.tests)}")
+        return 0
+    for m in chosen:  # every mutant applies, before minutes are spent on the first
+        if (ROOT / m.file).read_text().count(m.old) != 1:
+            raise SystemExit(f"mutant {m.id}: the text to replace is not in {m.file} exactly once")
+    survived = []
+    with tempfile.TemporaryDirectory(prefix="mutant-cache-") as cache:
+        tests = sorted({t for m in chosen for t in m.tests})
+        if not args.no_baseline:  # a mutant is only caught by tests that pass on the real code
+            env = {**os.environ, "LM_LAB_CACHE": cache, "CUDA_VISIBLE_DEVICES": ""}
+            proc = subprocess.run(
+                [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], cwd=ROOT, env=env
+            )
+            if proc.returncode:
+                raise SystemExit("the mutants' tests fail on the real code: fix them first")
+        for m in chosen:
+            caught, seconds, tail = run(m, Path(cache))
+            print(f"{'CAUGHT  ' if caught else 'SURVIVED'} {m.id:28} {seconds:6.1f} s  {m.what}", flush=True)
+            if not caught:
+                survived.append(m.id)
+                print("    " + tail.replace("\n", "\n    "), flush=True)
+    print(
+        f"{len(chosen) - len(survived)} of {len(chosen)} mutants caught"
+        + (f"; survived: {survived}" if survived else "")
+    )
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
