@@ -637,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the catalogue and exit")
     parser.add_argument("--no-baseline", action="store_true", help="skip running the tests on the real code first")
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only or ()) - {m.id for m in MUTANTS})
+    if unknown:
+        parser.error(f"unknown mutant ids {unknown}; --list shows them")
     chosen = [m for m in MUTANTS if not args.only or m.id in args.only]
     if args.list:
         for m in chosen:
