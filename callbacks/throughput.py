@@ -6,10 +6,10 @@ import time
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.throughput import Throughput, get_available_flops
-from lightning.pytorch.callbacks.throughput_monitor import _plugin_to_compute_dtype
+from lightning.fabric.utilities.throughput import Throughput
 
 from callbacks.cadence import logs_this_step
+from lm_lab.devices import peak_flops
 
 
 class TokenThroughput(L.Callback):
@@ -28,7 +28,7 @@ class TokenThroughput(L.Callback):
         self._elapsed, self._t0, self._last_step = 0.0, self.clock(), 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        peak = get_available_flops(trainer.strategy.root_device, _plugin_to_compute_dtype(trainer.precision_plugin))
+        peak = peak_flops(trainer.strategy.root_device, trainer.precision)  # the lab's table, dense peaks
         self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window_size)
         self._elapsed, self._t0, self._last_step = 0.0, self.clock(), trainer.global_step
 

@@ -594,6 +594,22 @@ MUTANTS = [
         ("tests/test_fit.py::test_validation_loss_is_the_token_mean_over_every_window",),
         "results' FLOPs as 6 N D",
     ),
+    M(
+        "device-order",
+        "lm_lab/devices.py",
+        '"gh200", r"gh200",',
+        '"gh200", r"gh200 superchip",',
+        ("tests/test_devices.py",),
+        "a GH200 matched as an H200 (first match wins)",
+    ),
+    M(
+        "device-sparse-peak",
+        "lm_lab/devices.py",
+        'Device("h100_nvl", r"h100\\s*nvl", 835.5',
+        'Device("h100_nvl", r"h100\\s*nvl", 1671.0',
+        ("tests/test_devices.py",),
+        "the H100 NVL's sparse figure as its peak",
+    ),
 ]
 
 
