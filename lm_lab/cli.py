@@ -42,7 +42,7 @@ def count(args: argparse.Namespace) -> dict:
         "padded_vocab_size": cfg.padded_vocab_size,
         "seq_len": seq_len,
         "flops_per_token": flops_per_token(cfg, seq_len),
-        "flops_per_token_chinchilla_appendix_f": chinchilla_flops_per_token(cfg, seq_len),
+        "flops_per_token_chinchilla": chinchilla_flops_per_token(cfg, seq_len),
     }
 
 

@@ -55,6 +55,10 @@ class Results:
     flops: float
     """Training FLOPs: tokens x flops_per_token (6N + attention, Kaplan et al. 2020 / PaLM appendix B)."""
     flops_per_token: int
+    flops_chinchilla: float
+    """Training FLOPs counted op by op as in Hoffmann et al. 2022 App. F (the convention of Chinchilla's and
+    Hägele et al.'s scaling laws; the embedding lookup counted as a matmul): +27% for gpt2_small at T=1024."""
+    flops_per_token_chinchilla: float
     params: int
     """Parameters, tied embedding counted once."""
     params_non_embedding: int

@@ -50,7 +50,7 @@ from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_text
 from lm_lab.guards import NonFiniteError, StopRequested
 from lm_lab.lock import RunLock
-from lm_lab.models import flops_per_token, non_embedding_params, param_count
+from lm_lab.models import chinchilla_flops_per_token, flops_per_token, non_embedding_params, param_count
 from lm_lab.module import LMModule
 from lm_lab.results import Results
 
@@ -307,6 +307,7 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
     averaged = {k: float(v) for k, v in trainer.callback_metrics.items() if k in ("val/loss_ema", "val/loss_swa")}
     tokens = trainer.global_step * run.tokens_per_step
     fpt = flops_per_token(run.model, tr.seq_len)
+    fpt_chinchilla = chinchilla_flops_per_token(run.model, tr.seq_len)
     total = module.train_seconds()
     return Results(
         val_loss=val_loss,
@@ -325,6 +326,8 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
         skipped_steps=module.skipped_steps,
         flops=float(tokens * fpt),
         flops_per_token=fpt,
+        flops_chinchilla=float(tokens * fpt_chinchilla),
+        flops_per_token_chinchilla=fpt_chinchilla,
         params=param_count(run.model),
         params_non_embedding=non_embedding_params(run.model),
         tokens_per_step=run.tokens_per_step,

@@ -15,7 +15,7 @@ from lm_lab.checkpoint import load_model, read_checkpoint
 from lm_lab.config import InitConfig, RunConfig, TrainConfig, TrainerConfig
 from lm_lab.data.config import DataConfig
 from lm_lab.errors import ConfigError
-from lm_lab.models import GPT, ModelConfig
+from lm_lab.models import GPT, ModelConfig, chinchilla_flops_per_token
 from lm_lab.module import LMModule
 from lm_lab.optim import OptimizerConfig, SchedulerConfig
 from lm_lab.results import Results
@@ -425,6 +425,7 @@ def test_validation_loss_is_the_token_mean_over_every_window(tmp_path, cache_dir
     assert results.params - results.params_non_embedding == model.wte.weight.numel() + model.wpe.weight.numel()
     assert results.flops_per_token == 6 * (results.params_non_embedding + model.wte.weight.numel()) + 12 * 2 * 128 * 64
     assert results.flops == results.tokens * results.flops_per_token
+    assert results.flops_chinchilla == results.tokens * chinchilla_flops_per_token(derived.model, 128)
     assert results.val_ppl == pytest.approx(math.exp(results.val_loss), rel=1e-12)
     assert results.val_step == 12 and results.stop_reason == "max_steps"
 

@@ -76,6 +76,11 @@ def test_flops_per_token_formula():
         assert abs(appendix_f / flops_per_token(cfg, 1024) - 1) < 0.01
 
 
+def test_appendix_f_counts_27_percent_more_than_6n_for_gpt2_small():
+    cfg = named("gpt2_small", vocab_size=50257)
+    assert chinchilla_flops_per_token(cfg, 1024) / flops_per_token(cfg, 1024) == pytest.approx(1.2717, abs=1e-4)
+
+
 def test_chinchilla_appendix_f_by_hand():
     """Hoffmann et al. 2022 App. F for d=64, 2 layers, 2 heads, vocab 128, T=16, d_ff=256, term by term."""
     cfg = ModelConfig(n_layer=2, n_head=2, d_model=64, d_ff=256, block_size=16, vocab_size=128)
