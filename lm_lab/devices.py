@@ -1,7 +1,6 @@
 """One table of accelerator peaks: dense (no 2:4 sparsity) tensor-core TFLOP/s per GPU, each from its datasheet.
 
-Used for MFU (achieved model FLOPs per second / the device's peak, PaLM App. B) and for compute budgets in GPU
-hours. NVIDIA's datasheets print sparse figures with an asterisk: the dense figure is half of it, and that is
+Used for MFU (achieved model FLOPs per second / the device's peak, PaLM App. B). NVIDIA's datasheets print sparse figures with an asterisk: the dense figure is half of it, and that is
 what is written here. Lightning's own table logs no MFU on an H200 (it does not match "NVIDIA H200") and gives
 the H100 NVL's sparse pair figure; so the lab matches `torch.cuda.get_device_name()` against this table instead.
 """
@@ -22,7 +21,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Device:
     key: str
-    """The name `budget.gpu` and `lm-lab plan --gpu` take."""
+    """The table's short name (`a100`, `h100_sxm`, ...); `lookup` takes it as well as a CUDA device name."""
     pattern: str
     """A regular expression matched (case-insensitively) against `torch.cuda.get_device_name()`."""
     bf16: float | None
@@ -78,16 +77,6 @@ def lookup(name: str) -> Device | None:
     if key in BY_KEY:
         return BY_KEY[key]
     return next((d for d in DEVICES if re.search(d.pattern, name, re.IGNORECASE)), None)
-
-
-def device(name: str) -> Device:
-    """`lookup`, or an error listing the known devices."""
-    found = lookup(name)
-    if found is None:
-        raise ConfigError(
-            f"GPU {name!r} is not in the device table (lm_lab/devices.py); choose one of {sorted(BY_KEY)}"
-        )
-    return found
 
 
 def compute_dtype(precision: str) -> str:

@@ -11,9 +11,21 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lm_lab.checkpoint_io import AtomicCheckpointIO
 from lm_lab.fileio import atomic_open
+
+
+def step_snapshots(run_dir: Path, every: int) -> ModelCheckpoint:
+    """Lightning's own step checkpoints, `checkpoints/step<N>.ckpt` every `every` steps, all kept."""
+    return ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=every,
+        save_top_k=-1,
+    )
 
 
 def row_hashes(batch) -> list[str]:

@@ -613,13 +613,13 @@ MUTANTS = [
 ]
 
 
-def apply(mutant: Mutant, root: Path) -> None:
-    path = root / mutant.file
-    text = path.read_text()
+def mutated(mutant: Mutant, root: Path) -> str:
+    """The text of `mutant.file` under `root` with the mutant applied (its text must occur exactly once)."""
+    text = (root / mutant.file).read_text()
     count = text.count(mutant.old)
     if count != 1:
         raise SystemExit(f"mutant {mutant.id}: the text to replace occurs {count} times in {mutant.file}, not once")
-    path.write_text(text.replace(mutant.old, mutant.new))
+    return text.replace(mutant.old, mutant.new)
 
 
 def copy_tree(dest: Path) -> None:
@@ -636,7 +636,7 @@ def run(mutant: Mutant, cache: Path) -> tuple[bool, float, str]:
     with tempfile.TemporaryDirectory(prefix=f"mutant-{mutant.id}-") as tmp:
         root = Path(tmp)
         copy_tree(root)
-        apply(mutant, root)
+        (root / mutant.file).write_text(mutated(mutant, root))
         env = {**os.environ, "PYTHONPATH": str(root), "LM_LAB_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": ""}
         cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutant.tests]
         started = time.monotonic()
@@ -662,8 +662,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.id:28} {m.what}  <- {', '.join(m.tests)}")
         return 0
     for m in chosen:  # every mutant applies, before minutes are spent on the first
-        if (ROOT / m.file).read_text().count(m.old) != 1:
-            raise SystemExit(f"mutant {m.id}: the text to replace is not in {m.file} exactly once")
+        mutated(m, ROOT)
     survived = []
     with tempfile.TemporaryDirectory(prefix="mutant-cache-") as cache:
         tests = sorted({t for m in chosen for t in m.tests})

@@ -245,21 +245,17 @@ def test_embedded_corpus_is_real_and_stable():
     assert sum(len(d.text) for d in docs) > 5_000_000
 
 
-def test_datamodule_on_the_embedded_corpus(cache_dir):
-    def module():
-        return LMDataModule(
-            DataConfig(cache_dir=str(cache_dir)),
-            TokenizerConfig(name="bytes", vocab_size=257),
-            seq_len=64,
-            micro_batch_size=4,
-            batch_size=8,
-            val_tokens=4096,
-            seed=0,
-        )
-
-    dm = module()
+def embedded_datamodule(cache_dir, **settings) -> LMDataModule:
+    """The embedded corpus in bytes, windows of 64, micro-batches of 4, batches of 8: prepared and set up."""
+    settings = {"seq_len": 64, "micro_batch_size": 4, "batch_size": 8, "val_tokens": 4096, "seed": 0, **settings}
+    dm = LMDataModule(DataConfig(cache_dir=str(cache_dir)), TokenizerConfig(name="bytes", vocab_size=257), **settings)
     dm.prepare_data()
     dm.setup("fit")
+    return dm
+
+
+def test_datamodule_on_the_embedded_corpus(cache_dir):
+    dm = embedded_datamodule(cache_dir)
     train_batch = next(iter(dm.train_dataloader()))
     assert train_batch.shape == (4, 65)
     val = list(dm.val_dataloader())
@@ -269,25 +265,13 @@ def test_datamodule_on_the_embedded_corpus(cache_dir):
     assert 0.05 < n_val / (n_train + n_val) < 0.2
     h = dm.val_unigram_entropy()
     assert 2.5 < h < math.log(257)  # Python source bytes: far from uniform
-    dm2 = module()  # a second module finds the cached files and agrees exactly
-    dm2.prepare_data()
-    dm2.setup("fit")
+    dm2 = embedded_datamodule(cache_dir)  # a second module finds the cached files and agrees exactly
     assert np.array_equal(dm2.val.concatenated(), dm.val.concatenated()) and dm2.val_unigram_entropy() == h
     assert dm.epochs_at(10) == pytest.approx(10 * 8 / TrainWindows(dm.train, 64, 4, 8, 0).plan.n_windows)
 
 
 def test_a_run_that_repeats_its_corpus_many_times_is_told_so(cache_dir, caplog):
-    dm = LMDataModule(
-        DataConfig(cache_dir=str(cache_dir)),
-        TokenizerConfig(name="bytes", vocab_size=257),
-        seq_len=64,
-        micro_batch_size=4,
-        batch_size=8,
-        val_tokens=4096,
-        seed=0,
-    )
-    dm.prepare_data()
-    dm.setup("fit")
+    dm = embedded_datamodule(cache_dir)
     per_epoch = TrainWindows(dm.train, 64, 4, 8, 0).plan.n_windows / 8  # optimizer steps per pass
     for max_steps, level in (
         (int(0.5 * per_epoch), None),
@@ -354,26 +338,12 @@ def test_a_resume_that_would_read_other_tokens_is_refused(cache_dir, change, mes
     """The data module's own check, independent of fit's: a restored state from other token files, another
     tokenizer, seed, sequence length or batch size refuses to build the training loader."""
 
-    def module(seed=0, batch_size=8, seq_len=64):
-        dm = LMDataModule(
-            DataConfig(cache_dir=str(cache_dir)),
-            TokenizerConfig(name="bytes", vocab_size=257),
-            seq_len=seq_len,
-            micro_batch_size=4,
-            batch_size=batch_size,
-            val_tokens=4096,
-            seed=seed,
-        )
-        dm.prepare_data()
-        dm.setup("fit")
-        return dm
-
-    state = module().state_dict()
-    same = module()
+    state = embedded_datamodule(cache_dir).state_dict()
+    same = embedded_datamodule(cache_dir)
     same.load_state_dict(state)
     assert next(iter(same.train_dataloader())).shape == (4, 65)  # the same settings resume
     saved = {**state, **change.get("saved", {})}
-    other = module(**{k: v for k, v in change.items() if k != "saved"})
+    other = embedded_datamodule(cache_dir, **{k: v for k, v in change.items() if k != "saved"})
     other.load_state_dict(saved)
     with pytest.raises(ConfigError, match=re.escape(message)):
         other.train_dataloader()

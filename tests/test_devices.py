@@ -2,7 +2,7 @@
 
 import pytest
 
-from lm_lab.devices import BY_KEY, device, lookup
+from lm_lab.devices import BY_KEY, lookup
 from lm_lab.errors import ConfigError
 
 # what torch.cuda.get_device_name() returns on each (nvidia-smi's names), and the dense bf16 peak expected
@@ -26,8 +26,8 @@ NAMES = [
 
 @pytest.mark.parametrize("name, key, bf16", NAMES, ids=[n for n, _, _ in NAMES])
 def test_device_names_match_their_dense_peaks(name, key, bf16):
-    found = device(name)
-    assert found.key == key and found.peak_tflops("bf16") == bf16
+    found = lookup(name)
+    assert found is not None and found.key == key and found.peak_tflops("bf16") == bf16
     assert lookup(key) is found  # the table key names it too (budget.gpu=a100)
 
 
@@ -39,12 +39,8 @@ def test_peaks_are_dense_and_other_dtypes():
     assert all(d.source for d in BY_KEY.values())
 
 
-def test_unknown_gpus_are_refused_with_the_known_ones():
-    assert lookup("NVIDIA Quantum Accelerator 9000") is None
-    with pytest.raises(
-        ConfigError, match=r"GPU 'tpu' is not in the device table \(lm_lab/devices.py\); choose one of \['a100', 'a10g'"
-    ):
-        device("tpu")
+def test_unknown_gpus_are_not_matched():
+    assert lookup("NVIDIA Quantum Accelerator 9000") is None and lookup("NVIDIA L40") is None
 
 
 @pytest.mark.parametrize(

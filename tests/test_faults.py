@@ -26,7 +26,7 @@ from lm_lab.models import ModelConfig
 from lm_lab.optim import OptimizerConfig, lr_multiplier
 from lm_lab.results import Results
 from lm_lab.train import fit
-from tests.helpers import InjectNaN
+from tests.helpers import InjectNaN, step_snapshots
 from tests.test_fit import smoke
 
 TIMING = {"train_seconds", "train_seconds_last_start", "tokens_per_sec", "wall_seconds", "starts"}
@@ -171,13 +171,7 @@ def test_killed_during_a_validation_after_a_step_snapshot(tmp_path, cache_dir, u
     skip that validation. The resume takes last.ckpt instead and is the uninterrupted run."""
     reference, _ = uninterrupted
     run_dir = tmp_path / "run"
-    snapshots = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="step{step}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=10,
-        save_top_k=-1,
-    )
+    snapshots = step_snapshots(run_dir, 10)
     with pytest.raises(Killed):
         fit(averaging_run(cache_dir), run_dir, callbacks=callbacks_for(run_dir, snapshots, KillInValidation(10)))
     assert read_checkpoint(run_dir / "checkpoints" / "step10.ckpt")["global_step"] == 10

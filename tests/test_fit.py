@@ -20,7 +20,7 @@ from lm_lab.module import LMModule
 from lm_lab.optim import OptimizerConfig, SchedulerConfig
 from lm_lab.results import Results
 from lm_lab.train import default_callbacks, fit
-from tests.helpers import InjectNaN
+from tests.helpers import InjectNaN, step_snapshots
 
 ROOT = Path(__file__).resolve().parent.parent
 QUIET = TrainerConfig(accelerator="cpu", precision="32-true", enable_progress_bar=False, enable_model_summary=False)
@@ -260,16 +260,7 @@ def schedule_free(cache_dir: Path, max_steps: int) -> RunConfig:
 
 
 def sf_callbacks(run_dir: Path) -> list:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    snapshots = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints"),
-        filename="step{step}",
-        auto_insert_metric_name=False,
-        every_n_train_steps=4,
-        save_top_k=-1,
-    )
-    return [*default_callbacks(run_dir), snapshots]
+    return [*default_callbacks(run_dir), step_snapshots(run_dir, 4)]
 
 
 def test_schedule_free_checkpoints_hold_the_evaluation_weights_and_resume_exactly(tmp_path, cache_dir):
