@@ -99,8 +99,10 @@ class LastCheckpoint(Checkpoint):
             return  # mid-accumulation: a resume could not restart here
         step = trainer.global_step
         validation_follows = (
-            trainer.fit_loop.total_batch_idx + 1
-        ) % trainer.val_check_batch == 0 or step >= trainer.max_steps
+            (trainer.fit_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+            or step >= trainer.max_steps
+            or trainer.should_stop
+        )
         by_steps = bool(self.every_n_steps) and step % self.every_n_steps == 0
         by_time = bool(self.every_minutes) and self.clock() - self._since >= 60 * self.every_minutes
         stop, by_time = self._agreed(trainer, self._signal is not None, by_time)
@@ -153,8 +155,10 @@ class LastCheckpoint(Checkpoint):
         if trainer.training:  # saved in on_train_batch_end: this step's metrics are not logged yet
             state["log_from"] = log_step
             state["before_validation"] = (
-                trainer.fit_loop.total_batch_idx + 1
-            ) % trainer.val_check_batch == 0 or trainer.global_step >= trainer.max_steps
+                (trainer.fit_loop.total_batch_idx + 1) % trainer.val_check_batch == 0
+                or trainer.global_step >= trainer.max_steps
+                or trainer.should_stop
+            )
             connector = trainer._logger_connector
             if connector.should_update_logs or trainer.global_step >= trainer.max_steps:
                 metrics = {k: float(v) for k, v in connector.metrics["log"].items()}

@@ -7,7 +7,7 @@ becomes a run in two visible steps, both before any work:
    checks its own fields in `__post_init__`. Every problem is collected into one `ConfigError`.
 2. **derive** — `run.derive(...)` returns a copy with every derived value filled in: the vocabulary from the
    tokenizer, `train.seq_len` from the model, the micro-batch and accumulation from the world size, a fork's
-   `train.max_steps` from its checkpoint (later: a budget's), and then checks the groups against each other.
+   `train.max_steps` from its checkpoint or from the compute budget, and then checks the groups against each other.
    Nothing else assigns a config value.
 """
 
@@ -31,6 +31,7 @@ from lm_lab.data.tokenizers import TokenizerConfig
 from lm_lab.errors import ConfigError, raise_if
 from lm_lab.models import ModelConfig
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, lr_multiplier
+from lm_lab.scaling.budget import BudgetConfig, budget_steps
 
 
 def _positive_int(value) -> bool:
@@ -44,7 +45,8 @@ class TrainConfig:
     seed: int = 1337
     """Seeds model init, dropout and the data order."""
     max_steps: int = 400
-    """Optimizer steps; also the LR schedule's horizon. A cooldown fork derives it (see `init`)."""
+    """Optimizer steps; also the LR schedule's horizon. A cooldown fork (see `init`) or a compute budget (see
+    `budget`) derives it."""
     seq_len: int | None = None
     """Tokens per training window; None means model.block_size."""
     batch_size: int = 16
@@ -253,17 +255,6 @@ class InitConfig:
         return locate(self.map) if isinstance(self.map, str) else self.map
 
 
-@dataclass
-class BudgetConfig:
-    """A compute budget that sizes and stops the run (`conf/budget/`); `none`: the run stops at train.max_steps."""
-
-    name: str = "none"
-
-    def __post_init__(self) -> None:
-        if self.name != "none":
-            raise_if([f"budget.name={self.name!r} is not available yet; choose one of ['none']"])
-
-
 def _main_job_model() -> ModelConfig:
     return ModelConfig.preset("gpt2_tiny")
 
@@ -338,6 +329,14 @@ class RunConfig:
         max_steps = tr.max_steps
         if self.init.name == "fork" and fork_step is not None and sched.name == "wsd" and sched.cooldown_steps:
             max_steps = fork_step + sched.cooldown_steps  # a cooldown fork: one WSD run whose cooldown starts there
+        from_budget = budget_steps(self.budget, model, seq_len, tr.batch_size * seq_len)
+        if from_budget is not None and from_budget < 1:
+            problems.append(
+                f"budget={self.budget.name} pays for no step of this model ({tr.batch_size * seq_len:,} tokens/step); "
+                f"raise the budget, or use a smaller model or batch"
+            )
+        elif from_budget is not None:
+            max_steps = from_budget  # the budget's steps: the LR schedule's horizon (wall clock: a cap)
         train = replace(tr, seq_len=seq_len, micro_batch_size=micro, max_steps=max_steps)
         run = replace(self, model=model, train=train, world_size=world_size)
         raise_if(problems + run._cross_check(fork_step))
@@ -359,6 +358,7 @@ class RunConfig:
                 f"train.batch_size={tr.batch_size} is not a multiple of train.micro_batch_size={tr.micro_batch_size} "
                 f"x world size {self.world_size}; pick micro_batch_size from {ok}"
             )
+        problems += _check_budget(self)
         try:  # the schedule must fit in the run (e.g. warmup <= max_steps)
             lr_multiplier(sched, tr.max_steps)
         except ConfigError as e:
@@ -457,6 +457,25 @@ def _check_target(where: str, item: dict) -> list[str]:
     if isinstance(settings, type) and hasattr(settings, "problems"):
         return settings.problems(where, {k: v for k, v in item.items() if k != "_target_"})
     return []
+
+
+def _check_budget(run: RunConfig) -> list[str]:
+    """A budget against the rest of the run (its own fields are checked by `BudgetConfig`)."""
+    budget, sched = run.budget, run.scheduler
+    if budget.name == "none":
+        return []
+    problems = []
+    if run.init.name == "fork" and sched.name == "wsd" and sched.cooldown_steps:
+        problems.append(
+            f"budget={budget.name} and a cooldown fork (init=fork with scheduler.cooldown_steps) both set the run's "
+            f"length; use budget=none for the fork, or drop scheduler.cooldown_steps"
+        )
+    if budget.name == "wall_clock" and sched.name == "wsd" and sched.cooldown_steps is not None:
+        problems.append(
+            "budget=wall_clock times the cooldown from the clock: set its share with scheduler.cooldown_frac, "
+            "not scheduler.cooldown_steps"
+        )
+    return problems
 
 
 def _check_devices(model: ModelConfig, train: TrainConfig, trainer: TrainerConfig) -> list[str]:

@@ -15,7 +15,7 @@ from lm_lab.config import DERIVED_TRAINER_ARGS, RunConfig
 from lm_lab.errors import ConfigError
 from lm_lab.results import Results
 
-EXIT_CODES = {"max_steps": 0, "stopped": 0, "interrupted": 130, "non_finite": 3, "failed": 1}
+EXIT_CODES = {"max_steps": 0, "budget": 0, "stopped": 0, "interrupted": 130, "non_finite": 3, "failed": 1}
 
 
 def fit_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> Results:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import lightning as L
 import torch
@@ -82,6 +82,7 @@ class LMModule(L.LightningModule):
         self.starts = 1
         self.train_seconds_before = 0.0
         self._fit_started: float | None = None
+        self.horizon_decided = False  # set_horizon: a budget fixed max_steps (and the cooldown) while training
 
     def configure_model(self) -> None:
         """Build the model (once). Lightning calls this inside the strategy's context, before restoring a
@@ -180,7 +181,7 @@ class LMModule(L.LightningModule):
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optimizer_config, fused=self._fused())
-        scheduler = LambdaLR(optimizer, lr_multiplier(self.scheduler_config, self.max_steps))
+        scheduler = LambdaLR(optimizer, self._make_schedule())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _fused(self) -> bool:
@@ -261,10 +262,30 @@ class LMModule(L.LightningModule):
             group.update({k: new[k] for k in HYPERPARAMETERS if k in new})
             group["initial_lr"] = new["lr"]
         scheduler.base_lrs = [g["lr"] for g in fresh.param_groups]
-        schedule = lr_multiplier(self.scheduler_config, self.max_steps)
+        schedule = self._make_schedule()
         if isinstance(scheduler.lr_lambdas[0], Schedule):  # reduce-on-plateau state carries over
             schedule.plateau = dict(scheduler.lr_lambdas[0].plateau)
         scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+        self._set_lrs(schedule)
+
+    def _make_schedule(self) -> Schedule:
+        if self.horizon_decided:  # a budget's horizon, decided during the run: the config was checked before it
+            return Schedule(self.scheduler_config, self.max_steps)
+        return lr_multiplier(self.scheduler_config, self.max_steps)
+
+    def set_horizon(self, total_steps: int, cooldown_steps: int | None = None) -> None:
+        """End the run, and the LR schedule, at `total_steps` (a wall-clock budget decides it while training);
+        `cooldown_steps`: a WSD cooldown of that many steps, ending there. The LR of the next update follows."""
+        self.max_steps, self.horizon_decided = total_steps, True
+        if cooldown_steps is not None:
+            self.scheduler_config = replace(self.scheduler_config, cooldown_steps=cooldown_steps)
+        if self._trainer is None or self.trainer.state.fn != "fit":
+            return  # restored before training: on_train_start builds the schedule from these
+        self.trainer.fit_loop.epoch_loop.max_steps = total_steps
+        scheduler = self.lr_schedulers()
+        schedule = self._make_schedule()
+        schedule.plateau = dict(scheduler.lr_lambdas[0].plateau)
+        scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)
         self._set_lrs(schedule)
 
     def _set_lrs(self, schedule: Schedule) -> None:

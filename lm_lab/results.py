@@ -45,7 +45,7 @@ class Results:
     epochs: float | None
     """Passes over the training split (null when streaming)."""
     stop_reason: str
-    """`max_steps`, `non_finite`, `interrupted` (Ctrl-C, SIGTERM: saved at a step boundary), `stopped` (a
+    """`max_steps`, `budget` (the compute budget ended it: its steps, or the clock), `non_finite`, `interrupted` (Ctrl-C, SIGTERM: saved at a step boundary), `stopped` (a
     callback stopped it) or `failed` (see `failure`)."""
     failure: str | None
     """What stopped a `non_finite` or `failed` run, else null."""
@@ -70,10 +70,30 @@ class Results:
     """Seconds of training of the last start alone."""
     tokens_per_sec: float | None
     """tokens / train_seconds."""
+    mfu: float | None
+    """Achieved model FLOPs utilisation: flops / (train_seconds x the devices' dense peak) (PaLM App. B), the
+    validations and checkpoints inside train_seconds included; null off a GPU of the device table (or give
+    budget.peak_tflops)."""
     wall_seconds: float
     """Wall-clock seconds of the last start, checks, data preparation and evaluation included."""
     starts: int
     """How many times the run was started (1 + resumes)."""
+    # -- the compute budget (conf/budget/) --------------------------------------------------------------------
+    budget: str
+    """`none`, `flops`, `gpu_hours` or `wall_clock`."""
+    budget_flops: float | None
+    """A FLOP budget (`flops`, or `gpu_hours` turned into FLOPs), in the `budget_flop_count` convention."""
+    budget_flop_count: str | None
+    """How a FLOP budget counts: `6n` (as `flops`) or `chinchilla` (as `flops_chinchilla`)."""
+    budget_flops_used: float | None
+    """Training FLOPs spent, in the budget's convention."""
+    budget_seconds: float | None
+    """A wall-clock budget in seconds."""
+    budget_seconds_used: float | None
+    """Seconds the budget counted: for wall_clock, from the Trainer's start (sanity check included) to the end
+    of the final validation, over every start; otherwise train_seconds."""
+    budget_fraction: float | None
+    """Spent / budget, in the budget's unit (FLOPs or seconds)."""
     # -- what was trained ----------------------------------------------------------------------------------
     model: str
     n_layer: int
@@ -126,4 +146,4 @@ class Results:
     @property
     def finished(self) -> bool:
         """Reached its last step and scored the final weights."""
-        return self.stop_reason == "max_steps" and self.val_step == self.steps
+        return self.stop_reason in ("max_steps", "budget") and self.val_step == self.steps

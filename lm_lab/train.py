@@ -34,6 +34,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from omegaconf import OmegaConf
 
+from callbacks.budget import ComputeBudget
 from callbacks.checkpoint import LastCheckpoint
 from lm_lab.checkpoint import (
     check_compatible,
@@ -46,6 +47,7 @@ from lm_lab.checkpoint_io import AtomicCheckpointIO
 from lm_lab.config import InitConfig, RunConfig, check_run_dir
 from lm_lab.data.datamodule import LMDataModule
 from lm_lab.data.prepare import preflight
+from lm_lab.devices import peak_flops
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_text
 from lm_lab.guards import NonFiniteError, StopRequested
@@ -53,6 +55,7 @@ from lm_lab.lock import RunLock
 from lm_lab.models import chinchilla_flops_per_token, flops_per_token, non_embedding_params, param_count
 from lm_lab.module import LMModule
 from lm_lab.results import Results
+from lm_lab.scaling.budget import NO_STEP_LIMIT, describe, token_flops
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +188,7 @@ def fit(
             module.start_from(weights)
             log.info("starting from the weights of %s (fresh optimizer, step 0)", run.init.path)
         callbacks = _ordered(list(callbacks) if callbacks is not None else default_callbacks(run_dir))
+        budget = _budget_callback(run, callbacks)
         for cb in callbacks:
             if isinstance(cb, LastCheckpoint):
                 cb.resuming = resuming  # re-log what a killed start of this run left unlogged (not a fork's source)
@@ -213,17 +217,22 @@ def fit(
                 f"trainer started {trainer.world_size} processes, expected {run.world_size}; set trainer.devices explicitly"
             )
         fpt = flops_per_token(run.model, tr.seq_len)
+        if run.budget.name != "none":
+            log.info("%s", describe(run.budget, run.model, tr.seq_len, run.tokens_per_step))
+        length = (
+            f"steps until the clock runs out x {run.tokens_per_step} tokens"
+            if tr.max_steps == NO_STEP_LIMIT
+            else f"{tr.max_steps} steps x {run.tokens_per_step} tokens = {tr.max_steps * run.tokens_per_step:.3g} "
+            f"tokens, {tr.max_steps * run.tokens_per_step * fpt:.3g} FLOPs"
+        )
         log.info(
-            "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %d steps x %d tokens = %.3g tokens, %.3g FLOPs | "
+            "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %s | "
             "batch %d = %d micro x %d accumulation x %d devices | precision %s%s",
             run.model.name,
             f"{param_count(run.model):,}",
             f"{non_embedding_params(run.model):,}",
             fpt,
-            tr.max_steps,
-            run.tokens_per_step,
-            tr.max_steps * run.tokens_per_step,
-            tr.max_steps * run.tokens_per_step * fpt,
+            length,
             tr.batch_size,
             tr.micro_batch_size,
             run.accumulate_grad_batches,
@@ -257,8 +266,8 @@ def fit(
         metrics = trainer.callback_metrics
         val_loss = float(metrics.get(module.val_key, metrics.get("val/loss", math.nan))) if scored else math.nan
         if stop_reason is None:
-            stop_reason = "max_steps" if trainer.global_step >= tr.max_steps else "stopped"
-        results = _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started)
+            stop_reason = _stop_reason(run, module, trainer, budget)
+        results = _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started, budget)
         if trainer.is_global_zero:
             try:
                 results.save(run_dir)
@@ -296,7 +305,67 @@ def _guarded(trainer, step, *args, **kwargs) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started) -> Results:
+def _budget_callback(run: RunConfig, callbacks: list[Callback]) -> ComputeBudget | None:
+    """The run's `ComputeBudget` (the one given, e.g. with a mock clock, or a new one), bound to the run; the
+    device-peak override reaches the throughput callback too."""
+    from callbacks import ComputeBudget, TokenThroughput
+
+    budget = next((c for c in callbacks if isinstance(c, ComputeBudget)), None)
+    if budget is None and run.budget.name != "none":
+        budget = ComputeBudget()
+        callbacks.insert(len(callbacks) - sum(isinstance(c, LastCheckpoint) for c in callbacks), budget)
+    if budget is not None:
+        budget.bind(run)
+    if run.budget.peak_tflops is not None:
+        for cb in callbacks:
+            if isinstance(cb, TokenThroughput):
+                cb.peak_flops = run.budget.peak_tflops * 1e12
+    return budget
+
+
+def _stop_reason(run: RunConfig, module: LMModule, trainer: L.Trainer, budget) -> str:
+    """`budget` when the budget ended the run (its FLOPs' steps, the clock, or the horizon the clock decided)."""
+    step = trainer.global_step
+    if run.budget.name != "none" and (
+        (run.budget.counts_flops and step >= run.train.max_steps)
+        or (budget is not None and budget.stopped)
+        or (module.horizon_decided and step >= module.max_steps)
+    ):
+        return "budget"
+    return "max_steps" if step >= run.train.max_steps else "stopped"
+
+
+def _budget_figures(run: RunConfig, tokens: int, seconds: float, budget) -> dict:
+    """The budget, what the run spent of it, in its own units."""
+    b = run.budget
+    out = dict.fromkeys(("budget_flops", "budget_seconds", "budget_flop_count", "budget_flops_used"))
+    out.update(budget=b.name, budget_seconds_used=None, budget_fraction=None)
+    if b.name == "none":
+        return out
+    clock = b.name == "wall_clock" and budget is not None and budget.seconds_used is not None
+    used = budget.seconds_used if clock else seconds  # the budget's own clock, else train_seconds
+    out["budget_seconds_used"] = used
+    if b.counts_flops:
+        spent = tokens * token_flops(run.model, run.train.seq_len, b.flop_count)
+        out.update(budget_flops=b.total_flops(), budget_flop_count=b.flop_count, budget_flops_used=spent)
+        out["budget_fraction"] = spent / b.total_flops()
+    else:
+        out.update(budget_seconds=b.seconds, budget_fraction=used / b.seconds)
+    return out
+
+
+def _mfu(run: RunConfig, trainer: L.Trainer, flops: float, seconds: float) -> float | None:
+    """Achieved MFU over the training seconds (validations and checkpoints included), PaLM App. B."""
+    if run.budget.peak_tflops is not None:
+        peak = run.budget.peak_tflops * 1e12
+    else:
+        peak = peak_flops(trainer.strategy.root_device, trainer.precision)
+    if not peak or seconds <= 0:
+        return None
+    return flops / (seconds * peak * trainer.world_size)
+
+
+def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started, budget) -> Results:
     tr = run.train
     has_data = data.val is not None  # False only if the run was stopped while preparing its data
     best = next(
@@ -334,6 +403,8 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
         train_seconds=total,
         train_seconds_last_start=total - module.train_seconds_before,
         tokens_per_sec=tokens / total if total > 0 else None,
+        mfu=_mfu(run, trainer, tokens * fpt, total),
+        **_budget_figures(run, tokens, total, budget),
         wall_seconds=time.time() - started,
         starts=module.starts,
         model=run.model.name,
@@ -360,7 +431,7 @@ def _finished(run_dir: Path, max_steps: int) -> Results | None:
         done = Results.load(run_dir)
     except ConfigError:
         return None
-    return done if done.finished and done.steps >= max_steps else None
+    return done if done.finished and (done.steps >= max_steps or done.stop_reason == "budget") else None
 
 
 def _ordered(callbacks: list[Callback]) -> list[Callback]:

@@ -49,6 +49,9 @@ COMPANIONS = {
     "init=checkpoint": ["init.path=pyproject.toml"],  # any existing file: the checkpoint is read by fit
     "init=fork": ["init.path=pyproject.toml"],
     "init=weights": ["init.path=pyproject.toml"],
+    "budget=flops": ["budget.flops=1e15"],
+    "budget=gpu_hours": ["budget.hours=0.001", "budget.gpu=a100"],
+    "budget=wall_clock": ["budget.minutes=2"],
 }
 
 
@@ -128,7 +131,9 @@ def test_model_presets_are_the_yaml_files(name):
 
 
 def test_an_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"model preset 'gpt2_huge' is unknown; choose one of \['gpt2_large'"):
+    with pytest.raises(
+        ConfigError, match=r"model preset 'gpt2_huge' is unknown; choose one of \['gpt2_a100_3h', 'gpt2_large'"
+    ):
         ModelConfig.preset("gpt2_huge")
 
 
@@ -152,7 +157,9 @@ def _plain(overrides):
         (["optimizer.lr=-1"], r"optimizer\.lr=-1"),
         (["tokenizer.name=wordpiece"], r"tokenizer\.name='wordpiece' is unknown"),
         (["train.max_steps=20"], r"scheduler\.warmup_steps=40 exceeds train\.max_steps=20"),
-        (["budget.name=a100_3h"], r"budget\.name='a100_3h' is not available yet"),
+        (["budget.name=a100_3h"], r"budget\.name='a100_3h' is unknown; choose one of .* \(budget=NAME\)"),
+        (["budget=flops", "budget.flops=1e3"], r"budget=flops pays for no step of this model"),
+        (["budget=a100_3h", "budget.mfu=2"], r"budget\.mfu=2\.0 must be in \(0, 1\]"),
         (["train.seed=-1"], r"train\.seed=-1 must be an integer in \[0, 2\^32\)"),
         (["trainer.devices=0"], r"trainer\.devices=0 must be a positive number"),
         (["trainer.precision=fp32"], r"trainer\.precision='fp32' is unknown; .* \(fp32 is 32-true\)"),

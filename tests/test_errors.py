@@ -78,7 +78,12 @@ def cases(i):
         (["trainer=gpu"], "error: trainer.accelerator='gpu' but no CUDA GPU is visible"),
         (["trainer.precision=bf16-mixed"], "error: trainer.precision='bf16-mixed' needs a CUDA GPU"),
         (["model.attn_impl=flash"], "error: model.attn_impl=flash but flash-attn is not installed"),
-        (["budget.name=a100_3h"], "error: budget.name='a100_3h' is not available yet"),
+        (["budget.name=a100_3h"], "error: budget.name='a100_3h' is unknown"),
+        (["budget=flops"], "error: budget=flops needs budget.flops"),
+        (
+            ["budget=gpu_hours", "budget.hours=3", "budget.gpu=tpu"],
+            "error: budget.gpu='tpu' is not in the device table",
+        ),
         (["data=local"], "error: data.path is required"),
         (["data=local", "data.path=/nonexistent/corpus"], "error: data.path='/nonexistent/corpus' does not exist"),
         (["data.val_fraction=1.5"], "error: data.val_fraction=1.5 must be in (0, 1)"),

@@ -1,0 +1,1 @@
+"""Compute budgets, scaling laws and the compute-optimal planner."""
