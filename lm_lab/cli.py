@@ -2,6 +2,8 @@
 
 lm-lab prepare-data data=NAME tokenizer=NAME [data.num_proc=N ...]   tokenise a corpus once into shards
 lm-lab count --model gpt2_medium [--vocab-size 50257] [--seq-len 1024] [KEY=VALUE ...]   params, FLOPs/token
+lm-lab plan --flops F | --gpu-hours H --gpu NAME [--mfu M] [--law chinchilla|hoffmann|epoch | --fit FIT.json]
+                                                                  the compute-optimal model and its run.py command
 lm-lab cooldowns RUN --step K --lengths N1,N2 [--shape 1-sqrt] [KEY=VALUE ...]   fork WSD cooldowns, gather results
 lm-lab sample CKPT --prompt TEXT [--tokens N --temperature T --top-k K --seed S]   text from a trained model
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -161,6 +164,57 @@ def cooldowns(args: argparse.Namespace) -> dict:
     return {"sweep": str(sweep), "csv": str(sweep / "cooldowns.csv"), "runs": rows}
 
 
+def plan(args: argparse.Namespace) -> dict | str:
+    """The compute-optimal model for a budget (see `lm_lab.scaling.planner`), and the run.py command that trains
+    it under that budget."""
+    from lm_lab.devices import BY_KEY, lookup
+    from lm_lab.scaling.budget import BudgetConfig
+    from lm_lab.scaling.laws import law, load_fit
+    from lm_lab.scaling.planner import make_plan, render
+
+    if (args.flops is None) == (args.gpu_hours is None):
+        raise ConfigError("give one budget: --flops F, or --gpu-hours H with --gpu NAME")
+    for flag, value in (("--flops", args.flops), ("--gpu-hours", args.gpu_hours), ("--tolerance", args.tolerance)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{flag} {value:g}: give a positive number")
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise ConfigError(f"--mfu {args.mfu:g}: an MFU is in (0, 1], e.g. 0.4")
+    if args.flops is not None and (args.gpu is not None or args.mfu is not None):
+        raise ConfigError("--gpu and --mfu go with --gpu-hours, not --flops")
+    if args.flops is not None:
+        budget = BudgetConfig(name="flops", flops=args.flops, flop_count=args.flop_count)
+        budget_args = ["budget=flops", f"budget.flops={args.flops:.6g}"]
+    else:
+        if args.gpu is None:
+            raise ConfigError(f"--gpu-hours needs --gpu NAME, one of {sorted(BY_KEY)}")
+        gpu = lookup(args.gpu)
+        if gpu is None:
+            raise ConfigError(f"--gpu {args.gpu!r} is not in the device table; choose one of {sorted(BY_KEY)}")
+        mfu = 1.0 if args.mfu is None else args.mfu
+        budget = BudgetConfig(name="gpu_hours", hours=args.gpu_hours, gpu=gpu.key, mfu=mfu, flop_count=args.flop_count)
+        budget_args = ["budget=gpu_hours", f"budget.hours={args.gpu_hours:g}", f"budget.gpu={gpu.key}"]
+        if args.mfu is not None:
+            budget_args.append(f"budget.mfu={mfu:g}")
+    chosen = load_fit(args.fit) if args.fit else law(args.law)
+    overrides = list(args.overrides)
+    if not any(o.lstrip("+").startswith("tokenizer=") for o in overrides):
+        overrides.insert(0, "tokenizer=gpt2")  # a real run's vocabulary, not the main job's 4096-token BPE
+    cfg = compose(overrides)
+    vocab = OmegaConf.to_container(cfg.model, resolve=True).get("vocab_size") or cfg.tokenizer.vocab_size
+    result = make_plan(
+        budget.total_flops(),
+        chosen,
+        vocab_size=vocab,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        flop_count=args.flop_count,
+        tolerance=args.tolerance,
+        budget_args=budget_args,
+        overrides=overrides,
+    )
+    return result.to_dict() if args.json else render(result)
+
+
 def sample(args: argparse.Namespace) -> str:
     from lm_lab.sample import sample as generate_text
 
@@ -200,6 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print each fork's overrides, run nothing")
     p.add_argument("overrides", nargs="*", help="extra overrides for every fork")
     p.set_defaults(func=cooldowns)
+    p = sub.add_parser("plan", help="the compute-optimal model and run for a FLOP or GPU-hour budget")
+    p.add_argument("--flops", type=float, help="the budget in training FLOPs, e.g. 3.4e18")
+    p.add_argument("--gpu-hours", type=float, help="the budget in GPU-hours (with --gpu)")
+    p.add_argument("--gpu", help="the GPU of --gpu-hours: a device-table key (a100, h100_sxm, h200, ...)")
+    p.add_argument("--mfu", type=float, help="assumed MFU in (0, 1] for --gpu-hours (default 1: the nominal budget)")
+    p.add_argument("--law", default="chinchilla", help="chinchilla (20 tokens/param, default), hoffmann or epoch")
+    p.add_argument("--fit", help="a JSON law from `lm-lab fit --method parametric` or `--method isoflop`")
+    p.add_argument("--seq-len", type=_positive, default=1024, help="training sequence length (default 1024)")
+    p.add_argument("--batch-size", type=_positive, default=64, help="sequences per optimizer step (default 64)")
+    p.add_argument("--flop-count", choices=["6n", "chinchilla"], default="6n", help="FLOPs/token the steps follow from")
+    p.add_argument("--tolerance", type=float, default=0.05, help="parameters within this of N_opt (0.05)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("overrides", nargs="*", help="run.py overrides for the command, e.g. data=slimpajama_6b")
+    p.set_defaults(func=plan)
     p = sub.add_parser("sample", help="generate text from a lab checkpoint (file or run directory)")
     p.add_argument("checkpoint", help="a checkpoint (RUN/checkpoints/last.ckpt) or a run directory")
     p.add_argument("--prompt", default="", help="the text to continue (default: a new document)")
