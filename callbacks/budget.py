@@ -15,8 +15,13 @@ checkpoint written after it included) and, at each step boundary:
   budget (`scheduler.cooldown_frac` of it), with as many steps as that time pays for, and re-times its end at
   every later step from the measured step time (the start stays; the 1-sqrt shape stretches or shrinks by the
   drift, a step or two on a steady machine), so the run ends annealed at the deadline;
-- with `cosine` or `linear`, **fixes the horizon** after `budget.calibration_steps` timed steps (20 by
-  default, inside the default warmup, so no LR before it depends on the horizon): the steps the rest pays for.
+- with `cosine` or `linear`, **fixes the horizon** after `budget.calibration_steps` steps (20 by default: 19
+  timed intervals; inside the main job's 40-step warmup, so no LR before it depends on the horizon): the steps
+  the rest pays for.
+
+`budget.max_steps` caps all of it: no horizon past it (a run the cap ends first keeps the schedule over the
+cap). A fork (`init=fork`) starts its budget afresh: the source's spent seconds and decisions are not taken (its
+measured step and validation times are: the same model, most likely on the same hardware).
 
 The decided horizon and cooldown, the seconds spent and the measured times are in the checkpoint: a resumed run
 continues the same LR sequence bit for bit and spends only the time left (the time a killed start spent after its
@@ -40,6 +45,7 @@ class ComputeBudget(L.Callback):
         self.clock = clock  # seconds; tests replace it with a mock clock
         self.window = window
         self.budget = None
+        self.resuming = False
         self.seconds_before = 0.0  # spent by earlier starts, up to the checkpoint this start resumed from
         self.horizon: int | None = None  # the step the schedule ends at, once decided (wall clock)
         self.cooldown_steps: int | None = None
@@ -54,10 +60,16 @@ class ComputeBudget(L.Callback):
         self._val_t0: float | None = None
         self._sanity_per_batch: float | None = None
         self._val_batches = self._restored_val_batches = 0
+        self._accumulate = 1
 
-    def bind(self, run) -> None:
-        """The run's budget and the settings that decide how time is spent (fit calls this)."""
-        self.budget = run.budget
+    def bind(self, run, resuming: bool = False) -> None:
+        """The run's budget and the settings that decide how time is spent (fit calls this); `resuming`: this
+        start resumes this run (a fork's source checkpoint holds another run's budget, which is not taken)."""
+        self.budget, self.resuming = run.budget, resuming
+        self.cap = run.train.max_steps  # budget.max_steps (or no limit) for a wall clock
+        self.cap_cooldown_start = (
+            self.cap - run.scheduler.cooldown_length(self.cap) if run.scheduler.name == "wsd" else self.cap
+        )
         self.val_every = run.train.val_every
         self.scheduler = run.scheduler.name
         self.cooldown_frac = run.scheduler.cooldown_frac
@@ -86,6 +98,8 @@ class ComputeBudget(L.Callback):
             return statistics.fmean(self._val_direct[-10:])
         if self._sanity_per_batch is not None and self._val_batches:
             return self._sanity_per_batch * self._val_batches
+        if self.step_time() is not None:  # nothing measured yet: a forward pass is about a third of a step's
+            return self._val_batches * self.step_time() / (3 * self._accumulate)
         return 0.0
 
     def validation_time(self) -> float:
@@ -111,14 +125,26 @@ class ComputeBudget(L.Callback):
     # -- hooks -------------------------------------------------------------------------------------------------
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = self.clock()  # the checkpoint (if any) is restored: seconds_before holds earlier starts
-        self._val_batches = self._restored_val_batches
-        if self.horizon is not None:  # decided before the checkpoint: the same schedule goes on
-            pl_module.set_horizon(self.horizon, self.cooldown_steps)
+        self._start = self.clock()  # counted from here, the sanity check included
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # every strategy has restored the checkpoint by now (FSDP does it after on_fit_start); this hook runs
+        # before LMModule.on_train_start, which rebuilds the schedule from the horizon set here
+        self._val_batches = self._val_batches or self._restored_val_batches or _val_batches(trainer)
+        self._accumulate = trainer.accumulate_grad_batches
+        if self.horizon is not None:  # decided before the checkpoint: the same schedule goes on
+            pl_module.set_horizon(self.horizon, self.cooldown_steps)
         self._last_boundary, self._skip_interval, self._val_since = self.clock(), True, False
-        if self.seconds is not None and self.used() + self.validation_time() >= self.seconds:
+        if self.seconds is None:
+            return
+        step = trainer.global_step
+        if self.stopped:  # a start killed after the budget stopped it, before its results were written
+            spent = True
+        elif self.step_time() is not None:  # the measured times came back with the checkpoint
+            spent = self._over(step)
+        else:
+            spent = self.used() + self.final_validation_time() >= self.seconds
+        if self._agree(trainer, [float(spent)])[0]:
             self._stop(trainer, "the budget is spent")
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -165,12 +191,7 @@ class ComputeBudget(L.Callback):
             decision = None
         stop = self._over(step)
         if trainer.world_size > 1:  # every rank must decide alike: rank 0's clock decides
-            mine = torch.tensor(
-                [float(stop), *(decision or (0, 0))] if trainer.is_global_zero else [0.0, 0.0, 0.0],
-                dtype=torch.float64,
-                device=trainer.strategy.root_device,
-            )
-            agreed = trainer.strategy.reduce(mine, reduce_op="max").tolist()
+            agreed = self._agree(trainer, [float(stop), *(decision or (0, 0))])
             stop, decision = bool(agreed[0]), (int(agreed[1]), int(agreed[2])) if agreed[1] else None
         if decision is not None and self.horizon is not None:  # a re-timed cooldown: same start, new length
             self.horizon, self.cooldown_steps = decision
@@ -194,21 +215,35 @@ class ComputeBudget(L.Callback):
         if stop and step < pl_module.max_steps:  # (at the horizon the run ends anyway)
             self._stop(trainer, f"{self.used():.1f} s of {self.seconds:g} s spent")
 
+    @staticmethod
+    def _agree(trainer: L.Trainer, values: list[float]) -> list[float]:
+        """Rank 0's values on every rank (the others send zeros; the reduction takes the maximum)."""
+        if trainer.world_size == 1:
+            return values
+        mine = torch.tensor(values if trainer.is_global_zero else [0.0] * len(values), dtype=torch.float64)
+        return trainer.strategy.reduce(mine.to(trainer.strategy.root_device), reduce_op="max").tolist()
+
     def _decide(self, step: int) -> tuple[int, int] | None:
-        """(horizon, cooldown steps or 0) when this step boundary fixes the schedule, else None."""
+        """(horizon, cooldown steps or 0) when this step boundary fixes the schedule, else None. Never past the
+        step cap (`budget.max_steps`): a run the cap ends first keeps the schedule over the cap."""
         left = self.seconds - self.used()
         if self.scheduler in ("cosine", "linear"):
             if len(self._step_times) >= self.budget.calibration_steps - 1:
-                return step + max(1, self.steps_paid_by(step, left)), 0
-        elif self.scheduler == "wsd" and step >= self.warmup_steps and left <= self.cooldown_frac * self.seconds:
-            n = max(1, self.steps_paid_by(step, left))
-            return step + n, n
+                end = step + max(1, self.steps_paid_by(step, left))
+                return (end, 0) if end < self.cap else None
+        elif (
+            self.scheduler == "wsd"
+            and self.warmup_steps <= step < self.cap_cooldown_start  # (after it, the cap's own cooldown runs)
+            and left <= self.cooldown_frac * self.seconds
+        ):
+            end = min(self.cap, step + max(1, self.steps_paid_by(step, left)))
+            return end, end - step
         return None
 
     def _retime(self, step: int) -> tuple[int, int] | None:
         """In a WSD cooldown: the end the time left now pays for, when it is not the planned one (the step time
         drifted). The cooldown keeps its start; its length follows, so the run still ends annealed on time."""
-        end = step + self.steps_paid_by(step, self.seconds - self.used())
+        end = min(self.cap, step + self.steps_paid_by(step, self.seconds - self.used()))
         if end == self.horizon or end <= step:
             return None  # on plan, or no step left (the run stops here)
         return end, end - (self.horizon - self.cooldown_steps)
@@ -245,6 +280,7 @@ class ComputeBudget(L.Callback):
             "cooldown_steps": self.cooldown_steps,
             "decided_at": self.decided_at,
             "retimed": self.retimed,
+            "stopped": self.stopped,
             # the measured times go on (Lightning runs no sanity check when it resumes mid-epoch)
             "step_times": self._step_times[-self.window :],
             "val_times": self._val_times[-10:],
@@ -254,9 +290,10 @@ class ComputeBudget(L.Callback):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.seconds_before = state.get("seconds", 0.0)
-        self.horizon, self.cooldown_steps = state.get("horizon"), state.get("cooldown_steps")
-        self.decided_at, self.retimed = state.get("decided_at"), state.get("retimed", 0)
+        if self.resuming:  # (a fork's source: its budget is not this run's, only its measured times are taken)
+            self.seconds_before, self.stopped = state.get("seconds", 0.0), state.get("stopped", False)
+            self.horizon, self.cooldown_steps = state.get("horizon"), state.get("cooldown_steps")
+            self.decided_at, self.retimed = state.get("decided_at"), state.get("retimed", 0)
         self._step_times, self._val_times = list(state.get("step_times", [])), list(state.get("val_times", []))
         self._val_direct = list(state.get("val_direct", []))
         self._sanity_per_batch, self._restored_val_batches = state.get("sanity_per_batch"), state.get("val_batches", 0)

@@ -181,21 +181,41 @@ def plan(args: argparse.Namespace) -> dict | str:
         raise ConfigError(f"--mfu {args.mfu:g}: an MFU is in (0, 1], e.g. 0.4")
     if args.flops is not None and (args.gpu is not None or args.mfu is not None):
         raise ConfigError("--gpu and --mfu go with --gpu-hours, not --flops")
+    if args.fit and args.law:
+        raise ConfigError("give --law NAME or --fit FIT.json, not both")
     if args.flops is not None:
+        if args.peak_tflops is not None:
+            raise ConfigError("--peak-tflops goes with --gpu-hours, not --flops")
         budget = BudgetConfig(name="flops", flops=args.flops, flop_count=args.flop_count)
-        budget_args = ["budget=flops", f"budget.flops={args.flops:.6g}"]
+        budget_args = ["budget=flops", f"budget.flops={args.flops!r}"]
     else:
-        if args.gpu is None:
-            raise ConfigError(f"--gpu-hours needs --gpu NAME, one of {sorted(BY_KEY)}")
-        gpu = lookup(args.gpu)
-        if gpu is None:
-            raise ConfigError(f"--gpu {args.gpu!r} is not in the device table; choose one of {sorted(BY_KEY)}")
+        if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
+            raise ConfigError(f"--peak-tflops {args.peak_tflops:g}: give a positive number of TFLOP/s")
+        gpu = lookup(args.gpu) if args.gpu is not None else None
+        if args.gpu is None and args.peak_tflops is None:
+            raise ConfigError(f"--gpu-hours needs --gpu NAME (one of {sorted(BY_KEY)}) or --peak-tflops T")
+        if args.gpu is not None and gpu is None:
+            raise ConfigError(
+                f"--gpu {args.gpu!r} is not in the device table; choose one of {sorted(BY_KEY)} or give --peak-tflops T"
+            )
+        if gpu is not None and gpu.bf16 is None and args.peak_tflops is None:
+            raise ConfigError(f"--gpu {gpu.key} has no bf16 peak in the device table; give --peak-tflops T")
         mfu = 1.0 if args.mfu is None else args.mfu
-        budget = BudgetConfig(name="gpu_hours", hours=args.gpu_hours, gpu=gpu.key, mfu=mfu, flop_count=args.flop_count)
-        budget_args = ["budget=gpu_hours", f"budget.hours={args.gpu_hours:g}", f"budget.gpu={gpu.key}"]
+        budget = BudgetConfig(
+            name="gpu_hours",
+            hours=args.gpu_hours,
+            gpu=gpu.key if gpu is not None else None,
+            mfu=mfu,
+            peak_tflops=args.peak_tflops,
+            flop_count=args.flop_count,
+        )
+        budget_args = ["budget=gpu_hours", f"budget.hours={args.gpu_hours!r}"]
+        budget_args.append(f"budget.gpu={gpu.key}" if gpu is not None else "budget.gpu=null")
+        if args.peak_tflops is not None:
+            budget_args.append(f"budget.peak_tflops={args.peak_tflops!r}")
         if args.mfu is not None:
-            budget_args.append(f"budget.mfu={mfu:g}")
-    chosen = load_fit(args.fit) if args.fit else law(args.law)
+            budget_args.append(f"budget.mfu={mfu!r}")
+    chosen = load_fit(args.fit) if args.fit else law(args.law or "chinchilla")
     overrides = list(args.overrides)
     if not any(o.lstrip("+").startswith("tokenizer=") for o in overrides):
         overrides.insert(0, "tokenizer=gpt2")  # a real run's vocabulary, not the main job's 4096-token BPE
@@ -259,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpu-hours", type=float, help="the budget in GPU-hours (with --gpu)")
     p.add_argument("--gpu", help="the GPU of --gpu-hours: a device-table key (a100, h100_sxm, h200, ...)")
     p.add_argument("--mfu", type=float, help="assumed MFU in (0, 1] for --gpu-hours (default 1: the nominal budget)")
-    p.add_argument("--law", default="chinchilla", help="chinchilla (20 tokens/param, default), hoffmann or epoch")
+    p.add_argument("--peak-tflops", type=float, help="dense peak TFLOP/s of the GPU, instead of the device table")
+    p.add_argument("--law", help="chinchilla (20 tokens/param, the default), hoffmann or epoch")
     p.add_argument("--fit", help="a JSON law from `lm-lab fit --method parametric` or `--method isoflop`")
     p.add_argument("--seq-len", type=_positive, default=1024, help="training sequence length (default 1024)")
     p.add_argument("--batch-size", type=_positive, default=64, help="sequences per optimizer step (default 64)")

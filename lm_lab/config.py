@@ -362,7 +362,8 @@ class RunConfig:
         try:  # the schedule must fit in the run (e.g. warmup <= max_steps)
             lr_multiplier(sched, tr.max_steps)
         except ConfigError as e:
-            problems += e.problems
+            why = f" (the steps budget={self.budget.name} pays for)" if self.budget.counts_flops else ""
+            problems += [f"{line}{why}" for line in e.problems]
         if fork_step is not None and fork_step >= tr.max_steps:
             problems.append(
                 f"init.path={self.init.path!r} is at step {fork_step}, not before train.max_steps={tr.max_steps}; "

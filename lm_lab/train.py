@@ -44,7 +44,7 @@ from lm_lab.checkpoint import (
     start_weights,
 )
 from lm_lab.checkpoint_io import AtomicCheckpointIO
-from lm_lab.config import InitConfig, RunConfig, check_run_dir
+from lm_lab.config import InitConfig, RunConfig, TrainConfig, check_run_dir
 from lm_lab.data.datamodule import LMDataModule
 from lm_lab.data.prepare import preflight
 from lm_lab.devices import peak_flops
@@ -140,7 +140,7 @@ def fit(
         preflight(run.data, run.tokenizer)
         if ckpt is not None:
             check_compatible(ckpt_path, ckpt, run)
-            done = _finished(run_dir, tr.max_steps)
+            done = _finished(run_dir, run)
             if done is not None:
                 log.info(
                     "this run already finished (step %d of %d): nothing to do (%s)",
@@ -188,7 +188,7 @@ def fit(
             module.start_from(weights)
             log.info("starting from the weights of %s (fresh optimizer, step 0)", run.init.path)
         callbacks = _ordered(list(callbacks) if callbacks is not None else default_callbacks(run_dir))
-        budget = _budget_callback(run, callbacks)
+        budget = _budget_callback(run, callbacks, resuming)
         for cb in callbacks:
             if isinstance(cb, LastCheckpoint):
                 cb.resuming = resuming  # re-log what a killed start of this run left unlogged (not a fork's source)
@@ -219,6 +219,8 @@ def fit(
         fpt = flops_per_token(run.model, tr.seq_len)
         if run.budget.name != "none":
             log.info("%s", describe(run.budget, run.model, tr.seq_len, run.tokens_per_step))
+            if base.train.max_steps not in (tr.max_steps, TrainConfig.max_steps) and run.budget.counts_flops:
+                log.warning("budget=%s replaces train.max_steps=%d", run.budget.name, base.train.max_steps)
         length = (
             f"steps until the clock runs out x {run.tokens_per_step} tokens"
             if tr.max_steps == NO_STEP_LIMIT
@@ -305,7 +307,7 @@ def _guarded(trainer, step, *args, **kwargs) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _budget_callback(run: RunConfig, callbacks: list[Callback]) -> ComputeBudget | None:
+def _budget_callback(run: RunConfig, callbacks: list[Callback], resuming: bool) -> ComputeBudget | None:
     """The run's `ComputeBudget` (the one given, e.g. with a mock clock, or a new one), bound to the run; the
     device-peak override reaches the throughput callback too."""
     from callbacks import ComputeBudget, TokenThroughput
@@ -315,7 +317,7 @@ def _budget_callback(run: RunConfig, callbacks: list[Callback]) -> ComputeBudget
         budget = ComputeBudget()
         callbacks.insert(len(callbacks) - sum(isinstance(c, LastCheckpoint) for c in callbacks), budget)
     if budget is not None:
-        budget.bind(run)
+        budget.bind(run, resuming)
     if run.budget.peak_tflops is not None:
         for cb in callbacks:
             if isinstance(cb, TokenThroughput):
@@ -425,13 +427,15 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
     )
 
 
-def _finished(run_dir: Path, max_steps: int) -> Results | None:
-    """The results of a run that already reached `max_steps` and scored its final weights, else None."""
+def _finished(run_dir: Path, run: RunConfig) -> Results | None:
+    """The results of a run that already reached `train.max_steps` (or the end of its wall-clock budget) and
+    scored its final weights, else None. A FLOP budget raised since is not finished: the run goes on."""
     try:
         done = Results.load(run_dir)
     except ConfigError:
         return None
-    return done if done.finished and (done.steps >= max_steps or done.stop_reason == "budget") else None
+    clock_ended = done.stop_reason == "budget" and run.budget.name == "wall_clock"
+    return done if done.finished and (done.steps >= run.train.max_steps or clock_ended) else None
 
 
 def _ordered(callbacks: list[Callback]) -> list[Callback]:

@@ -646,8 +646,8 @@ MUTANTS = [
     M(
         "clock-no-final-validation",
         "callbacks/budget.py",
-        "validations = (step + n) // v - (step - 1) // v + (1 if (step + n) % v else 0)",
-        "validations = (step + n) // v - (step - 1) // v",
+        "return n * self.step_time() + middle * self.validation_time() + self.final_validation_time()",
+        "return n * self.step_time() + middle * self.validation_time()",
         (
             "tests/test_budget.py::test_a_wall_clock_budget_starts_the_cooldown_on_time_and_ends_annealed_at_the_deadline",
         ),
@@ -698,6 +698,34 @@ MUTANTS = [
         "return False",
         ("tests/test_budget.py::test_the_clock_stops_a_run_before_the_step_that_would_overshoot",),
         "the clock never stops a run",
+    ),
+    M(
+        "clock-fork-inherits",
+        "callbacks/budget.py",
+        "        if self.resuming:  # (a fork's source",
+        "        if True:  # (a fork's source",
+        (
+            "tests/test_budget.py::test_a_wall_clock_budget_killed_mid_cooldown_resumes_with_the_time_left_and_the_same_schedule",
+        ),
+        "a fork takes its source's spent seconds and horizon",
+    ),
+    M(
+        "clock-past-the-cap",
+        "callbacks/budget.py",
+        "return (end, 0) if end < self.cap else None",
+        "return end, 0",
+        ("tests/test_budget.py::test_the_step_cap_of_a_wall_clock_budget_ends_the_run_with_its_own_schedule",),
+        "a cosine horizon decided past budget.max_steps",
+    ),
+    M(
+        "clock-forgets-its-stop",
+        "callbacks/budget.py",
+        'state.get("seconds", 0.0), state.get("stopped", False)',
+        'state.get("seconds", 0.0), False',
+        (
+            "tests/test_budget.py::test_a_wall_clock_budget_killed_mid_cooldown_resumes_with_the_time_left_and_the_same_schedule",
+        ),
+        "a start after the budget's stop trains on",
     ),
     M(
         "law-hoffmann-exponent",

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 
 from callbacks import ComputeBudget, LastCheckpoint, TokenThroughput
-from lm_lab.config import RunConfig
+from lm_lab.config import InitConfig, RunConfig
 from lm_lab.errors import ConfigError
 from lm_lab.models import chinchilla_flops_per_token, flops_per_token
 from lm_lab.optim import SchedulerConfig
@@ -60,7 +60,7 @@ def test_flop_budget_derives_the_steps(cache_dir, flop_count):
     ids=["cosine", "wsd"],
 )
 def test_a_flop_budget_stops_at_its_step_with_the_schedule_at_its_end(tmp_path, cache_dir, scheduler, final):
-    run = budgeted(cache_dir, BudgetConfig(), scheduler, max_steps=30)
+    run = budgeted(cache_dir, BudgetConfig(), scheduler, max_steps=100)  # (the budget replaces it)
     per_token = flops_per_token(run.derive().model, 128)
     flops = per_token * 8 * 128 * 30.5
     run = replace(run, budget=BudgetConfig(name="flops", flops=flops, peak_tflops=0.002))
@@ -81,6 +81,10 @@ def test_a_flop_budget_stops_at_its_step_with_the_schedule_at_its_end(tmp_path, 
     assert Results.load(tmp_path / "run") == results
     again = fit(run, tmp_path / "run")  # finished by its budget: nothing to do
     assert again.steps == 30 and again.starts == 1
+    if scheduler.name == "cosine":  # a larger budget continues the run (a longer horizon: another schedule)
+        more = replace(run, budget=replace(run.budget, flops=per_token * 8 * 128 * 36.5))
+        longer = fit(more, tmp_path / "run")
+        assert longer.steps == 36 and longer.starts == 2 and longer.stop_reason == "budget"
 
 
 def test_gpu_hours_are_flops_of_the_device_peak():
@@ -225,6 +229,41 @@ def test_a_wall_clock_budget_killed_mid_cooldown_resumes_with_the_time_left_and_
     assert results.steps == 83 == whole.steps and results.stop_reason == "budget" and results.starts == 2
     assert results.budget_seconds_used == pytest.approx(119.5) and budget.retimed == 0
     assert results.val_loss == pytest.approx(whole.val_loss, abs=1e-6)
+
+    # killed after the budget stopped it but before results.json: the next start trains no further
+    (tmp_path / "run" / "results.json").unlink()
+    run, callbacks, budget, lrs = clock_run(tmp_path / "run", cache_dir, every_n_steps=5)
+    again = fit(run, tmp_path / "run", callbacks=callbacks)
+    assert again.steps == 83 and again.stop_reason == "budget" and lrs.lrs == {} and budget.stopped
+
+    # a fork of it starts a budget of its own (none of the source's seconds or horizon, but its measured times):
+    # 15 s from step 83, no sanity check (Lightning skips it), 1 s a step; at step 90 another step would need the
+    # validation due there, the step and a final validation (7 + 9 > 15 s): it stops there, at 7 + 4 = 11 s
+    fork_run = replace(
+        run,
+        init=InitConfig(name="fork", path=str(tmp_path / "run" / "checkpoints" / "last.ckpt")),
+        budget=BudgetConfig(name="wall_clock", minutes=0.25),
+    )
+    _, callbacks, budget, lrs = clock_run(tmp_path / "fork", cache_dir, every_n_steps=5)
+    fork = fit(fork_run, tmp_path / "fork", callbacks=callbacks)
+    assert budget.seconds_before == 0.0 and fork.steps > 83 and min(lrs.lrs) == 83
+    assert fork.stop_reason == "budget" and fork.steps == 90 and fork.budget_seconds_used == pytest.approx(11.0)
+
+
+@pytest.mark.parametrize("name", ["wsd", "cosine"])
+def test_the_step_cap_of_a_wall_clock_budget_ends_the_run_with_its_own_schedule(tmp_path, cache_dir, name):
+    """The clock alone would end the run at step 83; with budget.max_steps=50 the cap comes first, so no horizon
+    is decided past it and the schedule over the cap's 50 steps runs as it is: WSD cools down over steps 40-50,
+    cosine reaches its final LR at 50."""
+    scheduler = WSD if name == "wsd" else SchedulerConfig(name="cosine", warmup_steps=5, final_lr_frac=0.1)
+    run, callbacks, budget, lrs = clock_run(tmp_path, cache_dir, scheduler=scheduler)
+    run = replace(run, budget=replace(run.budget, max_steps=50))
+    results = fit(run, tmp_path, callbacks=callbacks)
+    assert budget.horizon is None and results.steps == 50 and results.stop_reason == "max_steps"
+    if name == "wsd":
+        assert lrs.lrs[39] == PEAK_LR and lrs.lrs[41] == pytest.approx(PEAK_LR * (1 - math.sqrt(0.1)), rel=1e-9)
+    final = 0.0 if name == "wsd" else PEAK_LR * 0.1
+    assert results.module.lr_schedulers().get_last_lr()[0] == pytest.approx(final, abs=1e-15)
 
 
 def test_a_slower_cooldown_is_re_timed_and_still_ends_annealed_within_one_step(tmp_path, cache_dir):

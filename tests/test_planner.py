@@ -107,7 +107,10 @@ def test_lm_lab_plan_json(capsys):
     assert main(["plan", "--gpu-hours", "3", "--gpu", "a100", "--law", "hoffmann", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["flops"] == A100_3H and out["law"] == "hoffmann" and out["loss_opt"] == pytest.approx(3.2206, abs=1e-3)
-    assert "budget=gpu_hours budget.hours=3 budget.gpu=a100" in out["command"] and "tokenizer=gpt2" in out["command"]
+    assert "budget=gpu_hours budget.hours=3.0 budget.gpu=a100" in out["command"] and "tokenizer=gpt2" in out["command"]
+    assert main(["plan", "--gpu-hours", "2", "--peak-tflops", "400", "--json"]) == 0  # a GPU the table lacks
+    out = json.loads(capsys.readouterr().out)
+    assert out["flops"] == 2 * 3600 * 400e12 and "budget.gpu=null budget.peak_tflops=400.0" in out["command"]
     assert main(["plan", "--flops", "1e18", "tokenizer=bpe"]) == 0
     text = capsys.readouterr().out
     assert "N_opt 91.3M parameters" in text and "budget=flops budget.flops=1e+18 tokenizer=bpe" in text
@@ -128,6 +131,10 @@ def test_lm_lab_plan_json(capsys):
         (["--flops", "1e18", "--mfu", "0.5"], "error: --gpu and --mfu go with --gpu-hours"),
         (["--flops", "1e18", "--law", "kaplan"], "error: --law 'kaplan' is unknown"),
         (["--flops", "1e6"], "error: a budget of 1e+06 FLOPs pays for no step"),
+        (["--flops", "1e18", "--law", "hoffmann", "--fit", "x.json"], "error: give --law NAME or --fit FIT.json"),
+        (["--flops", "1e18", "--peak-tflops", "400"], "error: --peak-tflops goes with --gpu-hours"),
+        (["--gpu-hours", "3", "--gpu", "v100"], "error: --gpu v100 has no bf16 peak in the device table"),
+        (["--gpu-hours", "3", "--peak-tflops", "-4"], "error: --peak-tflops -4: give a positive number"),
     ],
 )
 def test_lm_lab_plan_refuses_nonsense_in_one_line(capsys, argv, message):

@@ -105,7 +105,9 @@ class LMDataModule(L.LightningDataModule):
                 folder,
             )
             max_steps = getattr(self.trainer, "max_steps", -1) if self.trainer is not None else -1
-            planned = self.epochs_at(max_steps) if max_steps > 0 else None
+            from lm_lab.scaling.budget import NO_STEP_LIMIT
+
+            planned = self.epochs_at(max_steps) if 0 < max_steps < NO_STEP_LIMIT else None  # (not a clock's)
             if planned is not None and planned > 1:
                 (log.warning if planned >= 10 else log.info)(
                     "train.max_steps=%d reads the train split of data.name=%s %.1f times; for fewer repeats use a "

@@ -9,8 +9,9 @@ Every law here counts compute as C = 6·N·D and parameters as Hoffmann et al. 2
   α 0.34, β 0.28 (§3.3).
 - `epoch`: the same form refitted by Besiroglu et al. 2024 ("Chinchilla scaling: a replication attempt", §3):
   E 1.8172, A 482.01, B 2085.43, α 0.3478, β 0.3658.
-- a fit of the lab's own runs (`lm-lab fit`, JSON): `--method parametric` ({"E", "A", "B", "alpha", "beta"})
-  or `--method isoflop` ({"params": {"coef", "exponent"}, "tokens": {"coef", "exponent"}}: N_opt = k·C^a).
+- a fit of the lab's own runs, as JSON in the formats of DESIGN.md's `lm-lab fit` (which the scaling-study work
+  adds; until then any tool can write them): `--method parametric` ({"E", "A", "B", "alpha", "beta"}) or
+  `--method isoflop` ({"params": {"coef", "exponent"}, "tokens": {"coef", "exponent"}}: N_opt = k·C^a).
 """
 
 from __future__ import annotations

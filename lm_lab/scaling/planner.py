@@ -5,9 +5,9 @@
 
 The model is a GPT-2-family shape with head size 64 whose parameter count, counted as the law counts them
 (every parameter: Hoffmann et al. 2022 include embeddings), is within `tolerance` (5%) of N_opt, and whose
-aspect ratio d_model / n_layer lies in [32, 128]: Kaplan et al. 2020 (§3.1, Fig. 5) find the loss within a few
-percent of its best for aspect ratios from about 20 to 200 at fixed N. Among those shapes the one closest to
-GPT-2's own ratio of 64 (768 / 12) is chosen, then the one closest to N_opt. Its steps are what the budget pays
+aspect ratio d_model / n_layer lies in [32, 128], a factor of 4 around GPT-2's own 64 (768 / 12): Kaplan et al.
+2020 (§3.1, Fig. 5) find that at a fixed (non-embedding) N the loss varies only a few percent over a wide range of
+shapes. Among those shapes the one closest to 64 is chosen, then the one closest to N_opt. Its steps are what the budget pays
 for in the lab's FLOP count (`budget.flop_count`, as `python run.py budget=flops` derives them), so the ready
 command reproduces the plan exactly.
 """
@@ -23,7 +23,7 @@ from lm_lab.models import ModelConfig, chinchilla_flops_per_token, flops_per_tok
 from lm_lab.scaling.budget import steps_for, token_flops
 
 HEAD_DIM = 64
-ASPECT_RANGE = (32, 128)  # d_model / n_layer; Kaplan et al. 2020 §3.1: flat from ~20 to ~200
+ASPECT_RANGE = (32, 128)  # d_model / n_layer; Kaplan et al. 2020 §3.1: the loss barely depends on the shape
 ASPECT_TARGET = 64  # GPT-2 small: 768 / 12
 
 
@@ -138,7 +138,7 @@ def make_plan(
     if steps < 100:
         warnings.append(f"only {steps} steps: a smaller --batch-size gives the schedule room")
     tokens = steps * tokens_per_step
-    budget_args = budget_args or ["budget=flops", f"budget.flops={flops:.6g}"]
+    budget_args = budget_args or ["budget=flops", f"budget.flops={float(flops)!r}"]
     if flop_count != "6n":
         budget_args = [*budget_args, f"budget.flop_count={flop_count}"]
     args = [
