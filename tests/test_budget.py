@@ -15,6 +15,7 @@ from lm_lab.optim import SchedulerConfig
 from lm_lab.results import Results
 from lm_lab.scaling.budget import NO_STEP_LIMIT, BudgetConfig, describe
 from lm_lab.train import fit
+from tests.test_fit import MockClock as Clock
 from tests.test_fit import smoke
 
 PEAK_LR = 1e-3  # OptimizerConfig's default
@@ -152,16 +153,6 @@ def test_budgets_against_the_rest_of_the_run(cache_dir):
 # -- wall-clock budgets, on a mock clock ------------------------------------------------------------------------
 
 
-class Clock:
-    """Seconds that pass only when told (the Tick callback tells it)."""
-
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Tick(L.Callback):
     """`step_seconds(k)` for update k (1 s unless told otherwise; a micro-batch each here), counted when it ends,
     0.25 s per validation batch (a full validation of the smoke run's 16 batches: 4 s; the sanity check: 0.5 s)."""
@@ -177,7 +168,7 @@ class Tick(L.Callback):
 
 
 WSD = SchedulerConfig(name="wsd", warmup_steps=5, cooldown_frac=0.2, final_lr_frac=0.0, cooldown_shape="1-sqrt")
-TWO_MINUTES = BudgetConfig(name="wall_clock", minutes=2)
+TWO_MINUTES = BudgetConfig(name="wall_clock", minutes=2, max_steps=200)  # (the cap ends a clock that fails to)
 
 
 def clock_run(tmp_path, cache_dir, scheduler=WSD, step_seconds=lambda step: 1.0, extra=(), every_n_steps=100):

@@ -454,7 +454,8 @@ def test_gradients_are_clipped_to_the_configured_norm(tmp_path, cache_dir):
 
 
 class MockClock:
-    """Seconds that pass only when told: 1 s per training micro-batch, 100 s per validation batch."""
+    """Seconds that pass only when told (a `Tick` callback tells it; here 1 s per training micro-batch, 100 s per
+    validation batch)."""
 
     def __init__(self):
         self.now = 0.0
