@@ -718,16 +718,6 @@ MUTANTS = [
         "a cosine horizon decided past budget.max_steps",
     ),
     M(
-        "clock-forgets-its-stop",
-        "callbacks/budget.py",
-        'state.get("seconds", 0.0), state.get("stopped", False)',
-        'state.get("seconds", 0.0), False',
-        (
-            "tests/test_budget.py::test_a_wall_clock_budget_killed_mid_cooldown_resumes_with_the_time_left_and_the_same_schedule",
-        ),
-        "a start after the budget's stop trains on",
-    ),
-    M(
         "law-hoffmann-exponent",
         "lm_lab/scaling/laws.py",
         "a = self.beta / (self.alpha + self.beta)",
