@@ -37,6 +37,8 @@ import time
 import lightning as L
 import torch
 
+from lm_lab.scaling.budget import clock_cost, clock_steps
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ class ComputeBudget(L.Callback):
         self._val_direct: list[float] = []  # a validation with its checkpoint, start to the next batch
         self._val_t0: float | None = None
         self._sanity_per_batch: float | None = None
-        self._val_batches = self._restored_val_batches = 0
+        self._val_batches = 0
         self._accumulate = 1
 
     def bind(self, run, resuming: bool = False) -> None:
@@ -107,20 +109,17 @@ class ComputeBudget(L.Callback):
         (the slower steps right after it included)."""
         return statistics.fmean(self._val_times[-10:]) if self._val_times else self.final_validation_time()
 
-    def cost(self, step: int, n: int) -> float:
-        """Seconds from the boundary after `step` to the end of a run that takes `n` more steps: the steps, the
-        validations at multiples of val_every in [step, step + n) (the one due now included), the final one."""
-        v = self.val_every
-        middle = (step + n - 1) // v - (step - 1) // v
-        return n * self.step_time() + middle * self.validation_time() + self.final_validation_time()
+    def _times(self) -> dict:
+        return {
+            "step_seconds": self.step_time(),
+            "val_seconds": self.validation_time(),
+            "final_seconds": self.final_validation_time(),
+            "val_every": self.val_every,
+        }
 
     def steps_paid_by(self, step: int, seconds: float) -> int:
-        """The most steps after `step` whose cost (see `cost`) fits in `seconds`."""
-        lo, hi = 0, max(1, int(seconds / self.step_time()) + 1)
-        while lo < hi:  # the cost grows with n
-            mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if self.cost(step, mid) <= seconds else (lo, mid - 1)
-        return lo
+        """The most steps after `step` that `seconds` pay for, validations included (`clock_steps`)."""
+        return clock_steps(step, seconds, **self._times())
 
     # -- hooks -------------------------------------------------------------------------------------------------
 
@@ -130,7 +129,7 @@ class ComputeBudget(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # every strategy has restored the checkpoint by now (FSDP does it after on_fit_start); this hook runs
         # before LMModule.on_train_start, which rebuilds the schedule from the horizon set here
-        self._val_batches = self._val_batches or self._restored_val_batches or _val_batches(trainer)
+        self._val_batches = self._val_batches or _val_batches(trainer)  # (restored, measured, or counted)
         self._accumulate = trainer.accumulate_grad_batches
         if self.horizon is not None:  # decided before the checkpoint: the same schedule goes on
             pl_module.set_horizon(self.horizon, self.cooldown_steps)
@@ -193,25 +192,25 @@ class ComputeBudget(L.Callback):
         if trainer.world_size > 1:  # every rank must decide alike: rank 0's clock decides
             agreed = self._agree(trainer, [float(stop), *(decision or (0, 0))])
             stop, decision = bool(agreed[0]), (int(agreed[1]), int(agreed[2])) if agreed[1] else None
-        if decision is not None and self.horizon is not None:  # a re-timed cooldown: same start, new length
-            self.horizon, self.cooldown_steps = decision
-            self.retimed += 1
-            pl_module.set_horizon(*decision)
-            log.debug("budget: cooldown re-timed at step %d to end at step %d", step, self.horizon)
-        elif decision is not None:
-            horizon, cooldown = decision
-            self.horizon, self.cooldown_steps, self.decided_at = horizon, cooldown or None, step
-            pl_module.set_horizon(horizon, self.cooldown_steps)
-            what = f"WSD cooldown of {cooldown} steps starts" if cooldown else "LR schedule horizon fixed"
-            log.info(
-                "budget: %s at step %d, ending at step %d (%.1f s left; %.3g s/step, %.3g s/validation)",
-                what,
-                step,
-                horizon,
-                self.seconds - self.used(),
-                self.step_time(),
-                self.validation_time(),
-            )
+        if decision is not None:
+            first = self.horizon is None
+            self.horizon, self.cooldown_steps = decision[0], decision[1] or None
+            pl_module.set_horizon(self.horizon, self.cooldown_steps)
+            if first:
+                self.decided_at = step
+                what = f"WSD cooldown of {decision[1]} steps starts" if decision[1] else "LR schedule horizon fixed"
+                log.info(
+                    "budget: %s at step %d, ending at step %d (%.1f s left; %.3g s/step, %.3g s/validation)",
+                    what,
+                    step,
+                    self.horizon,
+                    self.seconds - self.used(),
+                    self.step_time(),
+                    self.validation_time(),
+                )
+            else:  # a re-timed cooldown: the same start, another length
+                self.retimed += 1
+                log.debug("budget: cooldown re-timed at step %d to end at step %d", step, self.horizon)
         if stop and step < pl_module.max_steps:  # (at the horizon the run ends anyway)
             self._stop(trainer, f"{self.used():.1f} s of {self.seconds:g} s spent")
 
@@ -250,7 +249,7 @@ class ComputeBudget(L.Callback):
 
     def _over(self, step: int) -> bool:
         """Whether one more step (with the validation due now and a final one) would overshoot the budget."""
-        return self.used() + self.cost(step, 1) > self.seconds
+        return self.used() + clock_cost(step, 1, **self._times()) > self.seconds
 
     def _stop(self, trainer: L.Trainer, why: str) -> None:
         self.stopped = True
@@ -296,17 +295,13 @@ class ComputeBudget(L.Callback):
             self.decided_at, self.retimed = state.get("decided_at"), state.get("retimed", 0)
         self._step_times, self._val_times = list(state.get("step_times", [])), list(state.get("val_times", []))
         self._val_direct = list(state.get("val_direct", []))
-        self._sanity_per_batch, self._restored_val_batches = state.get("sanity_per_batch"), state.get("val_batches", 0)
+        self._sanity_per_batch, self._val_batches = state.get("sanity_per_batch"), state.get("val_batches", 0)
 
 
 def _val_batches(trainer: L.Trainer) -> int:
     """Batches of a full validation (the sanity check runs only a few of them)."""
+    loaders = trainer.val_dataloaders
     try:
-        return sum(
-            len(d)
-            for d in (
-                trainer.val_dataloaders if isinstance(trainer.val_dataloaders, list) else [trainer.val_dataloaders]
-            )
-        )
-    except TypeError:
+        return sum(len(d) for d in (loaders if isinstance(loaders, list) else [loaders]))
+    except TypeError:  # none yet, or one without a length
         return 0

@@ -25,11 +25,11 @@ class TokenThroughput(L.Callback):
         self.clock = time.perf_counter  # seconds; tests replace it with a mock clock
         self.tokens_per_step = 0
         self.flops_per_token = 0
-        self.peak_flops: float | None = None  # FLOP/s per device, overriding the device table (budget.peak_tflops)
+        self.peak_tflops: float | None = None  # per device, instead of the device table (fit: budget.peak_tflops)
         self._elapsed, self._t0, self._last_step = 0.0, self.clock(), 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        peak = self.peak_flops or peak_flops(trainer.strategy.root_device, trainer.precision)  # dense peaks
+        peak = peak_flops(trainer.strategy.root_device, trainer.precision, self.peak_tflops)  # dense peaks
         self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window_size)
         self._elapsed, self._t0, self._last_step = 0.0, self.clock(), trainer.global_step
 

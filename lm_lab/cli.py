@@ -167,54 +167,27 @@ def cooldowns(args: argparse.Namespace) -> dict:
 def plan(args: argparse.Namespace) -> dict | str:
     """The compute-optimal model for a budget (see `lm_lab.scaling.planner`), and the run.py command that trains
     it under that budget."""
-    from lm_lab.devices import BY_KEY, lookup
     from lm_lab.scaling.budget import BudgetConfig
     from lm_lab.scaling.laws import law, load_fit
     from lm_lab.scaling.planner import make_plan, render
 
     if (args.flops is None) == (args.gpu_hours is None):
         raise ConfigError("give one budget: --flops F, or --gpu-hours H with --gpu NAME")
-    for flag, value in (("--flops", args.flops), ("--gpu-hours", args.gpu_hours), ("--tolerance", args.tolerance)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ConfigError(f"{flag} {value:g}: give a positive number")
-    if args.mfu is not None and not 0 < args.mfu <= 1:
-        raise ConfigError(f"--mfu {args.mfu:g}: an MFU is in (0, 1], e.g. 0.4")
-    if args.flops is not None and (args.gpu is not None or args.mfu is not None):
-        raise ConfigError("--gpu and --mfu go with --gpu-hours, not --flops")
+    if args.flops is not None and (args.gpu, args.mfu, args.peak_tflops) != (None, None, None):
+        raise ConfigError("--gpu, --mfu and --peak-tflops go with --gpu-hours, not --flops")
     if args.fit and args.law:
         raise ConfigError("give --law NAME or --fit FIT.json, not both")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise ConfigError(f"--tolerance {args.tolerance:g}: give a positive fraction, e.g. 0.05")
     if args.flops is not None:
-        if args.peak_tflops is not None:
-            raise ConfigError("--peak-tflops goes with --gpu-hours, not --flops")
-        budget = BudgetConfig(name="flops", flops=args.flops, flop_count=args.flop_count)
-        budget_args = ["budget=flops", f"budget.flops={args.flops!r}"]
+        settings = {"name": "flops", "flops": args.flops}
     else:
-        if args.peak_tflops is not None and not (math.isfinite(args.peak_tflops) and args.peak_tflops > 0):
-            raise ConfigError(f"--peak-tflops {args.peak_tflops:g}: give a positive number of TFLOP/s")
-        gpu = lookup(args.gpu) if args.gpu is not None else None
-        if args.gpu is None and args.peak_tflops is None:
-            raise ConfigError(f"--gpu-hours needs --gpu NAME (one of {sorted(BY_KEY)}) or --peak-tflops T")
-        if args.gpu is not None and gpu is None:
-            raise ConfigError(
-                f"--gpu {args.gpu!r} is not in the device table; choose one of {sorted(BY_KEY)} or give --peak-tflops T"
-            )
-        if gpu is not None and gpu.bf16 is None and args.peak_tflops is None:
-            raise ConfigError(f"--gpu {gpu.key} has no bf16 peak in the device table; give --peak-tflops T")
-        mfu = 1.0 if args.mfu is None else args.mfu
-        budget = BudgetConfig(
-            name="gpu_hours",
-            hours=args.gpu_hours,
-            gpu=gpu.key if gpu is not None else None,
-            mfu=mfu,
-            peak_tflops=args.peak_tflops,
-            flop_count=args.flop_count,
-        )
-        budget_args = ["budget=gpu_hours", f"budget.hours={args.gpu_hours!r}"]
-        budget_args.append(f"budget.gpu={gpu.key}" if gpu is not None else "budget.gpu=null")
-        if args.peak_tflops is not None:
-            budget_args.append(f"budget.peak_tflops={args.peak_tflops!r}")
-        if args.mfu is not None:
-            budget_args.append(f"budget.mfu={mfu!r}")
+        settings = {"name": "gpu_hours", "hours": args.gpu_hours, "gpu": args.gpu, "peak_tflops": args.peak_tflops}
+        settings["mfu"] = 1.0 if args.mfu is None else args.mfu
+    try:  # the budget's own checks, in the flags' names
+        budget = BudgetConfig(**settings, flop_count=args.flop_count)
+    except ConfigError as e:
+        raise ConfigError([_as_flags(line) for line in e.problems]) from None
     chosen = load_fit(args.fit) if args.fit else law(args.law or "chinchilla")
     overrides = list(args.overrides)
     if not any(o.lstrip("+").startswith("tokenizer=") for o in overrides):
@@ -222,17 +195,32 @@ def plan(args: argparse.Namespace) -> dict | str:
     cfg = compose(overrides)
     vocab = OmegaConf.to_container(cfg.model, resolve=True).get("vocab_size") or cfg.tokenizer.vocab_size
     result = make_plan(
-        budget.total_flops(),
+        budget,
         chosen,
         vocab_size=vocab,
         seq_len=args.seq_len,
         batch_size=args.batch_size,
-        flop_count=args.flop_count,
         tolerance=args.tolerance,
-        budget_args=budget_args,
         overrides=overrides,
     )
     return result.to_dict() if args.json else render(result)
+
+
+PLAN_FLAGS = {
+    "budget=gpu_hours needs ": "--gpu-hours needs ",
+    "budget.flops": "--flops",
+    "budget.hours": "--gpu-hours",
+    "budget.gpu": "--gpu",
+    "budget.mfu": "--mfu",
+    "budget.peak_tflops": "--peak-tflops",
+}
+
+
+def _as_flags(line: str) -> str:
+    """A BudgetConfig message in `lm-lab plan`'s flag names."""
+    for setting, flag in PLAN_FLAGS.items():
+        line = line.replace(setting, flag)
+    return line
 
 
 def sample(args: argparse.Namespace) -> str:

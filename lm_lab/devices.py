@@ -89,8 +89,11 @@ def compute_dtype(precision: str) -> str:
     return "fp32" if torch.get_float32_matmul_precision() == "highest" else "tf32"
 
 
-def peak_flops(device: torch.device, precision: str) -> float | None:
-    """FLOP/s of `device` at `precision` from the table (None off CUDA, or for a GPU or dtype it lacks)."""
+def peak_flops(device: torch.device, precision: str, override_tflops: float | None = None) -> float | None:
+    """FLOP/s of `device` at `precision` from the table (None off CUDA, or for a GPU or dtype it lacks);
+    `override_tflops` (budget.peak_tflops) stands in for the table, on any device."""
+    if override_tflops is not None:
+        return override_tflops * 1e12
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

@@ -262,10 +262,16 @@ class LMModule(L.LightningModule):
             group.update({k: new[k] for k in HYPERPARAMETERS if k in new})
             group["initial_lr"] = new["lr"]
         scheduler.base_lrs = [g["lr"] for g in fresh.param_groups]
+        self._install_schedule()
+
+    def _install_schedule(self) -> None:
+        """Put this config's schedule over `max_steps` in the LR scheduler, reduce-on-plateau state carried over,
+        and set the LR of the step training continues with."""
+        scheduler = self.lr_schedulers()
         schedule = self._make_schedule()
-        if isinstance(scheduler.lr_lambdas[0], Schedule):  # reduce-on-plateau state carries over
+        if isinstance(scheduler.lr_lambdas[0], Schedule):
             schedule.plateau = dict(scheduler.lr_lambdas[0].plateau)
-        scheduler.lr_lambdas = [schedule] * len(optimizer.param_groups)
+        scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)
         self._set_lrs(schedule)
 
     def _make_schedule(self) -> Schedule:
@@ -282,11 +288,7 @@ class LMModule(L.LightningModule):
         if self._trainer is None or self.trainer.state.fn != "fit":
             return  # restored before training: on_train_start builds the schedule from these
         self.trainer.fit_loop.epoch_loop.max_steps = total_steps
-        scheduler = self.lr_schedulers()
-        schedule = self._make_schedule()
-        schedule.plateau = dict(scheduler.lr_lambdas[0].plateau)
-        scheduler.lr_lambdas = [schedule] * len(scheduler.lr_lambdas)
-        self._set_lrs(schedule)
+        self._install_schedule()
 
     def _set_lrs(self, schedule: Schedule) -> None:
         """Set the LR of the step training continues with from the schedule (a pure function of the step)."""

@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 
 from callbacks.budget import ComputeBudget
 from callbacks.checkpoint import LastCheckpoint
+from callbacks.throughput import TokenThroughput
 from lm_lab.checkpoint import (
     check_compatible,
     check_fork_optimizer,
@@ -62,7 +63,7 @@ log = logging.getLogger(__name__)
 
 def default_callbacks(run_dir: str | Path) -> list[Callback]:
     """The callbacks of `conf/callbacks/default.yaml`, built in Python (a test checks the two agree)."""
-    from callbacks import LossSpikes, TokenThroughput
+    from callbacks import LossSpikes
 
     ckpts = str(Path(run_dir) / "checkpoints")
     return [
@@ -310,18 +311,15 @@ def _guarded(trainer, step, *args, **kwargs) -> tuple[str | None, str | None]:
 def _budget_callback(run: RunConfig, callbacks: list[Callback], resuming: bool) -> ComputeBudget | None:
     """The run's `ComputeBudget` (the one given, e.g. with a mock clock, or a new one), bound to the run; the
     device-peak override reaches the throughput callback too."""
-    from callbacks import ComputeBudget, TokenThroughput
-
     budget = next((c for c in callbacks if isinstance(c, ComputeBudget)), None)
     if budget is None and run.budget.name != "none":
         budget = ComputeBudget()
         callbacks.insert(len(callbacks) - sum(isinstance(c, LastCheckpoint) for c in callbacks), budget)
     if budget is not None:
         budget.bind(run, resuming)
-    if run.budget.peak_tflops is not None:
-        for cb in callbacks:
-            if isinstance(cb, TokenThroughput):
-                cb.peak_flops = run.budget.peak_tflops * 1e12
+    for cb in callbacks:
+        if isinstance(cb, TokenThroughput):
+            cb.peak_tflops = run.budget.peak_tflops
     return budget
 
 
@@ -358,10 +356,7 @@ def _budget_figures(run: RunConfig, tokens: int, seconds: float, budget) -> dict
 
 def _mfu(run: RunConfig, trainer: L.Trainer, flops: float, seconds: float) -> float | None:
     """Achieved MFU over the training seconds (validations and checkpoints included), PaLM App. B."""
-    if run.budget.peak_tflops is not None:
-        peak = run.budget.peak_tflops * 1e12
-    else:
-        peak = peak_flops(trainer.strategy.root_device, trainer.precision)
+    peak = peak_flops(trainer.strategy.root_device, trainer.precision, run.budget.peak_tflops)
     if not peak or seconds <= 0:
         return None
     return flops / (seconds * peak * trainer.world_size)

@@ -645,9 +645,9 @@ MUTANTS = [
     ),
     M(
         "clock-no-final-validation",
-        "callbacks/budget.py",
-        "return n * self.step_time() + middle * self.validation_time() + self.final_validation_time()",
-        "return n * self.step_time() + middle * self.validation_time()",
+        "lm_lab/scaling/budget.py",
+        "return n * step_seconds + middle * val_seconds + final_seconds",
+        "return n * step_seconds + middle * val_seconds",
         (
             "tests/test_budget.py::test_a_wall_clock_budget_starts_the_cooldown_on_time_and_ends_annealed_at_the_deadline",
         ),
@@ -666,8 +666,8 @@ MUTANTS = [
     M(
         "clock-forgets-spent-time",
         "callbacks/budget.py",
-        'self.seconds_before = state.get("seconds", 0.0)',
-        "self.seconds_before = 0.0",
+        'state.get("seconds", 0.0), state.get("stopped", False)',
+        '0.0, state.get("stopped", False)',
         (
             "tests/test_budget.py::test_a_wall_clock_budget_killed_mid_cooldown_resumes_with_the_time_left_and_the_same_schedule",
         ),
@@ -694,7 +694,7 @@ MUTANTS = [
     M(
         "clock-never-stops",
         "callbacks/budget.py",
-        "return self.used() + self.cost(step, 1) > self.seconds",
+        "return self.used() + clock_cost(step, 1, **self._times()) > self.seconds",
         "return False",
         ("tests/test_budget.py::test_the_clock_stops_a_run_before_the_step_that_would_overshoot",),
         "the clock never stops a run",
@@ -736,8 +736,8 @@ MUTANTS = [
     M(
         "plan-steps-from-6nd",
         "lm_lab/scaling/planner.py",
-        "steps = steps_for(flops, token_flops(cfg, seq_len, flop_count), tokens_per_step)",
-        "steps = steps_for(flops, 6 * param_count(cfg), tokens_per_step)",
+        "steps = budget_steps(budget, cfg, seq_len, tokens_per_step)",
+        "steps = math.floor(flops / (6 * param_count(cfg) * tokens_per_step))",
         ("tests/test_planner.py::test_the_plan_has_the_parameters_it_prints_and_lands_within_5_percent",),
         "the plan's steps from 6N instead of the count run.py derives them with",
     ),

@@ -13,7 +13,7 @@ from lm_lab.errors import ConfigError
 from lm_lab.models import chinchilla_flops_per_token, flops_per_token
 from lm_lab.optim import SchedulerConfig
 from lm_lab.results import Results
-from lm_lab.scaling.budget import NO_STEP_LIMIT, BudgetConfig, describe
+from lm_lab.scaling.budget import NO_STEP_LIMIT, BudgetConfig, clock_cost, clock_steps, describe
 from lm_lab.train import fit
 from tests.test_fit import MockClock as Clock
 from tests.test_fit import smoke
@@ -67,7 +67,7 @@ def test_a_flop_budget_stops_at_its_step_with_the_schedule_at_its_end(tmp_path, 
     run = replace(run, budget=BudgetConfig(name="flops", flops=flops, peak_tflops=0.002))
     lrs, throughput = LRs(), TokenThroughput()
     results = fit(run, tmp_path / "run", callbacks=[lrs, throughput])
-    assert throughput.peak_flops == 2e9  # budget.peak_tflops overrides the device table for MFU as well
+    assert throughput.peak_tflops == 0.002  # budget.peak_tflops overrides the device table for MFU as well
     assert results.steps == 30 == results.val_step and results.stop_reason == "budget" and results.finished
     module = results.module
     assert module.lr_schedulers().get_last_lr()[0] == pytest.approx(PEAK_LR * final, abs=1e-12)  # after step 30
@@ -88,6 +88,17 @@ def test_a_flop_budget_stops_at_its_step_with_the_schedule_at_its_end(tmp_path, 
         assert longer.steps == 36 and longer.starts == 2 and longer.stop_reason == "budget"
 
 
+def test_the_clock_cost_counts_each_validation_once():
+    """val_every 10, 1 s a step, 4 s a mid-run validation, 5 s the final one."""
+    times = {"step_seconds": 1.0, "val_seconds": 4.0, "final_seconds": 5.0, "val_every": 10}
+    assert clock_cost(71, 12, **times) == 12 + 4 + 5  # steps 72-83; the validation after 80; the final after 83
+    assert clock_cost(80, 1, **times) == 1 + 4 + 5  # the validation due after step 80 runs first
+    assert clock_cost(79, 1, **times) == 1 + 5  # step 80 ends the run: its validation is the final one
+    assert clock_cost(71, 19, **times) == 19 + 4 + 5  # ... as at 90
+    assert clock_steps(71, 21.0, **times) == 12 and clock_steps(71, 20.9, **times) == 11
+    assert clock_steps(80, 9.9, **times) == 0  # not even one step fits
+
+
 def test_gpu_hours_are_flops_of_the_device_peak():
     b = BudgetConfig(name="gpu_hours", hours=3, gpu="a100")
     assert b.total_flops() == 3 * 3600 * 312e12  # seed 000: 3.37e18
@@ -96,6 +107,11 @@ def test_gpu_hours_are_flops_of_the_device_peak():
     )
     assert BudgetConfig(name="gpu_hours", hours=1, peak_tflops=100).total_flops() == 3600 * 100e12
     assert BudgetConfig(name="gpu_hours", hours=1, gpu="a100", peak_tflops=100).total_flops() == 3600 * 100e12
+    assert BudgetConfig(name="gpu_hours", hours=3, gpu="a100").overrides() == [
+        "budget=gpu_hours",
+        "budget.hours=3",
+        "budget.gpu=a100",
+    ]
 
 
 def test_the_a100_3h_budget_is_seed_000s(cache_dir):

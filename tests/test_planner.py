@@ -3,6 +3,7 @@
 import json
 import math
 import shlex
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,10 +14,12 @@ from lm_lab.config import RunConfig, compose
 from lm_lab.errors import ConfigError
 from lm_lab.models import GPT, ModelConfig, flops_per_token, param_count
 from lm_lab.models.presets import PRESETS
+from lm_lab.scaling.budget import BudgetConfig
 from lm_lab.scaling.laws import LAWS, Parametric, PowerLaws, law, load_fit
 from lm_lab.scaling.planner import make_plan, shape
 
 A100_3H = 3 * 3600 * 312e12  # seed 000: 3.37e18 FLOPs
+SEED_000 = BudgetConfig(name="gpu_hours", hours=3, gpu="a100")
 
 
 def test_chinchilla_is_twenty_tokens_per_parameter():
@@ -48,7 +51,7 @@ def test_published_law_constants():
 
 @pytest.mark.parametrize("name", ["chinchilla", "hoffmann", "epoch"])
 def test_the_plan_has_the_parameters_it_prints_and_lands_within_5_percent(name, tmp_path):
-    plan = make_plan(A100_3H, LAWS[name], vocab_size=50257, batch_size=66)
+    plan = make_plan(BudgetConfig(name="flops", flops=A100_3H), LAWS[name], vocab_size=50257, batch_size=66)
     cfg = ModelConfig(n_layer=plan.n_layer, n_head=plan.n_head, d_model=plan.d_model, vocab_size=50257)
     with torch.device("meta"):
         built = GPT(cfg)
@@ -66,8 +69,18 @@ def test_the_plan_has_the_parameters_it_prints_and_lands_within_5_percent(name, 
     assert run.train.batch_size == 66 and run.budget.flops == pytest.approx(A100_3H, rel=1e-6)
 
 
+def test_the_command_states_the_budget_as_given(tmp_path):
+    plan = make_plan(replace(SEED_000, mfu=0.4, flop_count="chinchilla"), LAWS["chinchilla"], vocab_size=50257)
+    args = shlex.split(plan.command)[2:]
+    assert "budget=gpu_hours" in args and "budget.mfu=0.4" in args and "budget.flop_count=chinchilla" in args
+    run = RunConfig.from_dict(compose([*args, "tokenizer=gpt2", f"data.cache_dir={tmp_path}"])).derive()
+    assert run.budget == replace(SEED_000, mfu=0.4, flop_count="chinchilla") and run.train.max_steps == plan.steps
+    with pytest.raises(ConfigError, match="needs a FLOP budget"):
+        make_plan(BudgetConfig(name="wall_clock", minutes=2), LAWS["chinchilla"], vocab_size=50257)
+
+
 def test_the_budget_3h_model_is_the_planners():
-    plan = make_plan(A100_3H, LAWS["chinchilla"], vocab_size=50257, batch_size=66)
+    plan = make_plan(SEED_000, LAWS["chinchilla"], vocab_size=50257, batch_size=66)
     chosen = {"n_layer": plan.n_layer, "n_head": plan.n_head, "d_model": plan.d_model, "block_size": 1024}
     assert PRESETS["gpt2_a100_3h"] == chosen
     cfg = compose(["experiment=budget_3h"])
@@ -110,7 +123,7 @@ def test_lm_lab_plan_json(capsys):
     assert "budget=gpu_hours budget.hours=3.0 budget.gpu=a100" in out["command"] and "tokenizer=gpt2" in out["command"]
     assert main(["plan", "--gpu-hours", "2", "--peak-tflops", "400", "--json"]) == 0  # a GPU the table lacks
     out = json.loads(capsys.readouterr().out)
-    assert out["flops"] == 2 * 3600 * 400e12 and "budget.gpu=null budget.peak_tflops=400.0" in out["command"]
+    assert out["flops"] == 2 * 3600 * 400e12 and "budget.peak_tflops=400.0 budget.gpu=null" in out["command"]
     assert main(["plan", "--flops", "1e18", "tokenizer=bpe"]) == 0
     text = capsys.readouterr().out
     assert "N_opt 91.3M parameters" in text and "budget=flops budget.flops=1e+18 tokenizer=bpe" in text
@@ -119,22 +132,24 @@ def test_lm_lab_plan_json(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--flops", "-1"], "error: --flops -1: give a positive number"),
-        (["--flops", "0"], "error: --flops 0: give a positive number"),
-        (["--flops", "nan"], "error: --flops nan: give a positive number"),
-        (["--gpu-hours", "3", "--gpu", "a100", "--mfu", "1.5"], "error: --mfu 1.5: an MFU is in (0, 1]"),
-        (["--gpu-hours", "3", "--gpu", "a100", "--mfu", "0"], "error: --mfu 0: an MFU is in (0, 1]"),
-        (["--gpu-hours", "3", "--gpu", "tpu"], "error: --gpu 'tpu' is not in the device table"),
-        (["--gpu-hours", "3"], "error: --gpu-hours needs --gpu NAME"),
+        (["--flops", "-1"], "error: --flops=-1.0 must be a positive number of FLOPs"),
+        (["--flops", "0"], "error: --flops=0.0 must be a positive number of FLOPs"),
+        (["--flops", "nan"], "error: --flops=nan must be a positive number of FLOPs"),
+        (["--gpu-hours", "3", "--gpu", "a100", "--mfu", "1.5"], "error: --mfu=1.5 must be in (0, 1]"),
+        (["--gpu-hours", "3", "--gpu", "a100", "--mfu", "0"], "error: --mfu=0.0 must be in (0, 1]"),
+        (["--gpu-hours", "3", "--gpu", "tpu"], "error: --gpu='tpu' is not in the device table"),
+        (["--gpu-hours", "3"], "error: --gpu-hours needs --gpu (one of"),
+        (["--gpu-hours", "-3", "--gpu", "a100"], "error: --gpu-hours=-3.0 must be a positive number"),
         ([], "error: give one budget"),
         (["--flops", "1e18", "--gpu-hours", "3"], "error: give one budget"),
-        (["--flops", "1e18", "--mfu", "0.5"], "error: --gpu and --mfu go with --gpu-hours"),
+        (["--flops", "1e18", "--mfu", "0.5"], "error: --gpu, --mfu and --peak-tflops go with --gpu-hours"),
         (["--flops", "1e18", "--law", "kaplan"], "error: --law 'kaplan' is unknown"),
         (["--flops", "1e6"], "error: a budget of 1e+06 FLOPs pays for no step"),
         (["--flops", "1e18", "--law", "hoffmann", "--fit", "x.json"], "error: give --law NAME or --fit FIT.json"),
-        (["--flops", "1e18", "--peak-tflops", "400"], "error: --peak-tflops goes with --gpu-hours"),
-        (["--gpu-hours", "3", "--gpu", "v100"], "error: --gpu v100 has no bf16 peak in the device table"),
-        (["--gpu-hours", "3", "--peak-tflops", "-4"], "error: --peak-tflops -4: give a positive number"),
+        (["--flops", "1e18", "--peak-tflops", "400"], "error: --gpu, --mfu and --peak-tflops go with --gpu-hours"),
+        (["--flops", "1e18", "--tolerance", "0"], "error: --tolerance 0: give a positive fraction"),
+        (["--gpu-hours", "3", "--gpu", "v100"], "error: --gpu='v100' has no bf16 peak in the device table"),
+        (["--gpu-hours", "3", "--peak-tflops", "-4"], "error: --peak-tflops=-4.0 must be a positive number"),
     ],
 )
 def test_lm_lab_plan_refuses_nonsense_in_one_line(capsys, argv, message):

@@ -21,6 +21,7 @@ from lm_lab.data.streaming import StreamWindows
 from lm_lab.data.tokenizers import Tokenizer, TokenizerConfig
 from lm_lab.data.windows import TrainWindows, ValWindows
 from lm_lab.errors import ConfigError, raise_if
+from lm_lab.scaling.budget import NO_STEP_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,6 @@ class LMDataModule(L.LightningDataModule):
                 folder,
             )
             max_steps = getattr(self.trainer, "max_steps", -1) if self.trainer is not None else -1
-            from lm_lab.scaling.budget import NO_STEP_LIMIT
-
             planned = self.epochs_at(max_steps) if 0 < max_steps < NO_STEP_LIMIT else None  # (not a clock's)
             if planned is not None and planned > 1:
                 (log.warning if planned >= 10 else log.info)(

@@ -16,7 +16,7 @@ al.'s scaling-law FLOPs use).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from lm_lab.devices import BY_KEY, lookup
 from lm_lab.errors import raise_if
@@ -131,6 +131,17 @@ class BudgetConfig:
         device = lookup(str(self.gpu))
         return device.peak_tflops("bf16"), f"{device.key} dense bf16, {device.source}"
 
+    def overrides(self) -> list[str]:
+        """The run.py overrides that state this budget (its settings that differ from the defaults)."""
+        out = [f"budget={self.name}"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "name" and value != f.default:
+                out.append(f"budget.{f.name}={value!r}" if isinstance(value, float) else f"budget.{f.name}={value}")
+        if self.name == "gpu_hours" and self.gpu is None:
+            out.append("budget.gpu=null")  # conf/budget/gpu_hours.yaml asks for one
+        return out
+
     def total_flops(self) -> float | None:
         """The budget in FLOPs (None for `none` and `wall_clock`)."""
         if self.name == "flops":
@@ -182,3 +193,21 @@ def describe(budget: BudgetConfig, model: ModelConfig, seq_len: int, tokens_per_
         f"budget {budget.name}: {source} / ({per_token:.4g} FLOPs/token [{convention}] x {tokens_per_step:,} tokens/step)"
         f" = {steps:,} steps (train.max_steps; the LR schedule's horizon)"
     )
+
+
+def clock_cost(
+    step: int, n: int, *, step_seconds: float, val_seconds: float, final_seconds: float, val_every: int
+) -> float:
+    """Seconds from the boundary after `step` to the end of a run that takes `n` more steps: n steps, a validation
+    at every multiple of `val_every` in [step, step + n) (the one due after `step` included), the final one."""
+    middle = (step + n - 1) // val_every - (step - 1) // val_every
+    return n * step_seconds + middle * val_seconds + final_seconds
+
+
+def clock_steps(step: int, seconds: float, **times: float) -> int:
+    """The most steps after `step` whose `clock_cost` fits in `seconds` (0 when not even one does)."""
+    lo, hi = 0, max(1, int(seconds / times["step_seconds"]) + 1)
+    while lo < hi:  # the cost grows with n
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if clock_cost(step, mid, **times) <= seconds else (lo, mid - 1)
+    return lo

@@ -1,6 +1,6 @@
 """The compute-optimal planner: a budget and a law -> N_opt, D_opt -> a concrete model of the family and its run.
 
-    plan = make_plan(3 * 3600 * 312e12, LAWS["chinchilla"], vocab_size=50257)
+    plan = make_plan(BudgetConfig(name="gpu_hours", hours=3, gpu="a100"), LAWS["chinchilla"], vocab_size=50257)
     plan.model, plan.steps, plan.command
 
 The model is a GPT-2-family shape with head size 64 whose parameter count, counted as the law counts them
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from lm_lab.errors import ConfigError
 from lm_lab.models import ModelConfig, chinchilla_flops_per_token, flops_per_token, non_embedding_params, param_count
-from lm_lab.scaling.budget import steps_for, token_flops
+from lm_lab.scaling.budget import BudgetConfig, budget_steps
 
 HEAD_DIM = 64
 ASPECT_RANGE = (32, 128)  # d_model / n_layer; Kaplan et al. 2020 §3.1: the loss barely depends on the shape
@@ -111,25 +111,24 @@ def shape(
 
 
 def make_plan(
-    flops: float,
+    budget: BudgetConfig,
     law,
     *,
     vocab_size: int,
     seq_len: int = 1024,
     batch_size: int = 64,
-    flop_count: str = "6n",
     tolerance: float = 0.05,
-    budget_args: list[str] | None = None,
     overrides: list[str] = (),
 ) -> Plan:
-    """The plan for a budget of `flops` under `law`; `budget_args`: the run.py budget overrides that state this
-    budget (default `budget=flops budget.flops=F`), `overrides`: more run.py overrides for the command."""
-    if not (isinstance(flops, int | float) and math.isfinite(flops) and flops > 0):
-        raise ConfigError(f"the budget must be a positive number of FLOPs, not {flops!r}")
+    """The plan for a FLOP budget (`flops` or `gpu_hours`) under `law`; `overrides`: more run.py overrides for
+    the command (which states the budget as given, so run.py derives the plan's steps from it)."""
+    if not budget.counts_flops:
+        raise ConfigError(f"the planner needs a FLOP budget (flops or gpu_hours), not budget={budget.name}")
+    flops, flop_count = budget.total_flops(), budget.flop_count
     n_opt, d_opt = law.optimum(flops)
     cfg, warnings = shape(n_opt, vocab_size=vocab_size, seq_len=seq_len, tolerance=tolerance)
     tokens_per_step = batch_size * seq_len
-    steps = steps_for(flops, token_flops(cfg, seq_len, flop_count), tokens_per_step)
+    steps = budget_steps(budget, cfg, seq_len, tokens_per_step)
     if steps < 1:
         raise ConfigError(
             f"a budget of {flops:.3g} FLOPs pays for no step of {batch_size} x {seq_len} tokens of a "
@@ -138,9 +137,6 @@ def make_plan(
     if steps < 100:
         warnings.append(f"only {steps} steps: a smaller --batch-size gives the schedule room")
     tokens = steps * tokens_per_step
-    budget_args = budget_args or ["budget=flops", f"budget.flops={float(flops)!r}"]
-    if flop_count != "6n":
-        budget_args = [*budget_args, f"budget.flop_count={flop_count}"]
     args = [
         "model=gpt2_small",
         f"model.name=gpt2_{param_count(cfg) / 1e6:.0f}m",
@@ -149,7 +145,7 @@ def make_plan(
         f"model.d_model={cfg.d_model}",
         f"model.block_size={seq_len}",
         f"train.batch_size={batch_size}",
-        *budget_args,
+        *budget.overrides(),
         *overrides,
     ]
     predicted = law.loss(param_count(cfg), tokens)
