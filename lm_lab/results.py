@@ -17,6 +17,10 @@ from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json
 
 
+ADDED_LATER = ("val_bpb", "val_bytes")
+"""Keys that results.json files of older lm_lab versions lack; they load as null."""
+
+
 @dataclass
 class Results:
     # -- the score -----------------------------------------------------------------------------------------
@@ -24,6 +28,11 @@ class Results:
     """Mean next-token loss (nats) of the final weights on the final evaluation's held-out tokens."""
     val_ppl: float | None
     """exp(val_loss)."""
+    val_bpb: float | None
+    """Bits per UTF-8 byte of the scored text: val_loss x val_tokens / val_bytes / ln 2 (comparable across
+    tokenizers; special tokens count 0 bytes)."""
+    val_bytes: int | None
+    """UTF-8 bytes of the text of the final evaluation's target tokens."""
     best_val_loss: float | None
     """Lowest periodic validation loss (on `train.val_tokens`) of the run; its weights are checkpoints/best-step<N>.ckpt."""
     val_loss_ema: float | None
@@ -138,6 +147,7 @@ class Results:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
+        data = {**dict.fromkeys(ADDED_LATER), **data}  # a run of an older lm_lab: these were not measured
         missing = [k for k in cls.json_keys() if k not in data]
         if missing:
             raise ConfigError(f"{path} lacks {missing}: it was written by an older lm_lab or another tool")

@@ -277,9 +277,10 @@ def fit(
             except OSError as e:  # e.g. the disk is full: the results are still returned (and the checkpoints intact)
                 log.error("results.json could not be written (%s: %s)", type(e).__name__, e)
             log.info(
-                "val_loss %.4f (ppl %.2f) vs unigram entropy %.4f nats | %d steps, %s tokens, %.1f s | %s",
+                "val_loss %.4f (ppl %.2f, %.4f bits/byte) vs unigram entropy %.4f nats | %d steps, %s tokens, %.1f s | %s",
                 val_loss,
                 results.val_ppl or math.nan,
+                results.val_bpb or math.nan,
                 results.val_unigram_entropy or math.nan,
                 results.steps,
                 f"{results.tokens:,}",
@@ -375,14 +376,18 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
     fpt = flops_per_token(run.model, tr.seq_len)
     fpt_chinchilla = chinchilla_flops_per_token(run.model, tr.seq_len)
     total = module.train_seconds()
+    val_tokens = data.val_token_count() if has_data else None
+    val_bytes = data.val_bytes() if has_data else None
     return Results(
         val_loss=val_loss,
         val_ppl=math.exp(val_loss) if math.isfinite(val_loss) else None,
+        val_bpb=_bits_per_byte(val_loss, val_tokens, val_bytes),
+        val_bytes=val_bytes,
         best_val_loss=best if best is not None else (val_loss if math.isfinite(val_loss) else None),
         val_loss_ema=averaged.get("val/loss_ema"),
         val_loss_swa=averaged.get("val/loss_swa"),
         val_unigram_entropy=data.val_unigram_entropy() if has_data else None,
-        val_tokens=data.val_token_count() if has_data else None,
+        val_tokens=val_tokens,
         val_step=module.last_val_step,
         steps=trainer.global_step,
         tokens=tokens,
@@ -420,6 +425,13 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
         overrides=list(overrides),
         module=module,
     )
+
+
+def _bits_per_byte(val_loss: float, tokens: int | None, n_bytes: int | None) -> float | None:
+    """Nats per token -> bits per byte of the same text (the tokenizer-free unit of e.g. Gao et al. 2020's Pile)."""
+    if not (math.isfinite(val_loss) and tokens and n_bytes):
+        return None
+    return val_loss * tokens / n_bytes / math.log(2)
 
 
 def _finished(run_dir: Path, run: RunConfig) -> Results | None:

@@ -71,6 +71,22 @@ def test_tokenizer_round_trip_and_document_encoding(make):
     assert tokens.tolist() == expected
 
 
+@pytest.mark.parametrize(
+    "make",
+    [ByteTokenizer, lambda: BPETokenizer.train([t * 20 for t in TEXTS], 300), tiny_tiktoken],
+    ids=["bytes", "bpe", "tiktoken"],
+)
+def test_token_bytes_add_up_to_the_texts_utf8_bytes(make):
+    """Bits per byte divide by these: every text's tokens' byte counts sum to its UTF-8 length (multi-byte
+    characters split across tokens included), end-of-text counts 0."""
+    tok = make()
+    lengths = tok.token_bytes()
+    assert lengths.shape == (tok.vocab_size,) and lengths[tok.eot_id] == 0
+    for text in TEXTS + ["".join(TEXTS)]:
+        assert lengths[tok.encode(text)].sum() == len(text.encode("utf-8"))
+    assert lengths[tok.encode("🎉")].sum() == 4 and len(tok.encode("🎉")) >= (4 if make is ByteTokenizer else 1)
+
+
 def test_bpe_save_load_keeps_identity(tmp_path):
     tok = BPETokenizer.train([t * 20 for t in TEXTS], 300)
     tok.save(tmp_path / "t.json")

@@ -418,6 +418,10 @@ def test_validation_loss_is_the_token_mean_over_every_window(tmp_path, cache_dir
     assert results.flops == results.tokens * results.flops_per_token
     assert results.flops_chinchilla == results.tokens * chinchilla_flops_per_token(derived.model, 128)
     assert results.val_ppl == pytest.approx(math.exp(results.val_loss), rel=1e-12)
+    n_bytes = int(dm.tokenizer.token_bytes()[windows[:, 1:].numpy()].sum())
+    text_bytes = sum(len(dm.tokenizer.decode(w[1:].tolist()).encode()) for w in windows)  # edges may split a char
+    assert results.val_bytes == n_bytes and abs(n_bytes - text_bytes) <= 3 * 13 and n_bytes > 2 * 13 * 128
+    assert results.val_bpb == pytest.approx(results.val_loss * 13 * 128 / n_bytes / math.log(2), rel=1e-12)
     assert results.val_step == 12 and results.stop_reason == "max_steps"
 
 

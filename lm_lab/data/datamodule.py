@@ -240,5 +240,10 @@ class LMDataModule(L.LightningDataModule):
         """Unigram entropy (nats) of exactly the target tokens the validation loss is computed on."""
         return unigram_entropy(ValWindows(self.val, self.seq_len, self.val_tokens).targets(), self.tokenizer.vocab_size)
 
+    def val_bytes(self) -> int:
+        """UTF-8 bytes of the text of exactly the target tokens the validation loss is computed on."""
+        targets = ValWindows(self.val, self.seq_len, self.val_tokens).targets()
+        return int(self.tokenizer.token_bytes()[targets].sum())
+
     def val_token_count(self) -> int:
         return len(ValWindows(self.val, self.seq_len, self.val_tokens).all_windows) * self.seq_len

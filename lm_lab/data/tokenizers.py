@@ -94,6 +94,10 @@ class ByteTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of each id's text (end-of-text: 0)."""
+        return np.array([1] * 256 + [0], dtype=np.int64)
+
 
 class _ListTokenizer:
     """Shared by the wrapped tokenizers: `encode_batch` gives lists of ids.
@@ -174,6 +178,29 @@ class BPETokenizer(_ListTokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=False)
 
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of each id's text (special tokens: 0). Byte-level vocabularies (ours, GPT-2's, LLaMA 3's)
+        map each symbol to one byte exactly; others (SentencePiece) count `<0xNN>` as one byte, `▁` as a space
+        and any other symbol by its UTF-8 length: exact for their decoding up to the leading space of a text."""
+        if getattr(self, "_token_bytes", None) is None:
+            to_byte = _byte_level_symbols()
+            special = {t.content for t in self._tok.get_added_tokens_decoder().values() if t.special}
+            tokens = [self._tok.id_to_token(i) for i in range(self.vocab_size)]
+            plain = [t for t in tokens if t is not None and t not in special]
+            byte_level = all(c in to_byte for t in plain for c in t)
+            lengths = np.zeros(self.vocab_size, dtype=np.int64)
+            for i, t in enumerate(tokens):
+                if t is None or t in special:
+                    continue
+                if byte_level:
+                    lengths[i] = len(t)
+                elif len(t) == 6 and t.startswith("<0x") and t.endswith(">"):
+                    lengths[i] = 1  # SentencePiece byte fallback
+                else:
+                    lengths[i] = len(t.replace("\u2581", " ").encode("utf-8"))
+            self._token_bytes = lengths
+        return self._token_bytes
+
 
 class TiktokenTokenizer(_ListTokenizer):
     """An OpenAI tiktoken encoding (GPT-2's BPE: 50257 ids, `<|endoftext|>` = 50256)."""
@@ -194,8 +221,40 @@ class TiktokenTokenizer(_ListTokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return self._enc.decode(list(ids))
 
+    def token_bytes(self) -> np.ndarray:
+        """UTF-8 bytes of each id (special tokens such as end-of-text: 0)."""
+        if getattr(self, "_token_bytes", None) is None:
+            special = set(self._enc.special_tokens_set)
+            lengths = np.zeros(self.vocab_size, dtype=np.int64)
+            for i in range(self.vocab_size):
+                try:
+                    piece = self._enc.decode_single_token_bytes(i)
+                except KeyError:  # an id with no token (tiktoken encodings may have holes)
+                    continue
+                if piece.decode("utf-8", errors="replace") not in special:
+                    lengths[i] = len(piece)
+            self._token_bytes = lengths
+        return self._token_bytes
+
 
 Tokenizer = ByteTokenizer | BPETokenizer | TiktokenTokenizer
+
+
+def _byte_level_symbols() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable symbol that stands for each of the 256 bytes (Radford et al.
+    2019's `bytes_to_unicode`, as `tokenizers`' ByteLevel pre-tokenizer uses it)."""
+    from tokenizers import pre_tokenizers
+
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    symbols, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            symbols[chr(b)] = b
+        else:
+            symbols[chr(256 + extra)] = b
+            extra += 1
+    assert set(symbols) == set(pre_tokenizers.ByteLevel.alphabet())
+    return symbols
 
 
 def reachable(host: str, timeout: float = 3.0) -> bool:
