@@ -6,6 +6,9 @@ lm-lab plan --flops F | --gpu-hours H --gpu NAME [--mfu M] [--law chinchilla|hof
                                                                   the compute-optimal model and its run.py command
 lm-lab cooldowns RUN --step K --lengths N1,N2 [--shape 1-sqrt] [KEY=VALUE ...]   fork WSD cooldowns, gather results
 lm-lab sample CKPT --prompt TEXT [--tokens N --temperature T --top-k K --seed S]   text from a trained model
+lm-lab report DIR [--csv FILE] [--by FIELD ...] [--metric val_loss]   every run under DIR, seeds grouped, compared
+lm-lab sweep isoflop --budgets C1,C2,C3 [--points 5] [KEY=VALUE ...]   an IsoFLOP grid as one Hydra multirun
+lm-lab sweep cooldowns --models M1,M2 --lengths T1,T2,T3 [KEY=VALUE ...]   scaling-law points from cooldown forks
 """
 
 from __future__ import annotations
@@ -285,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=50, help="sample among the K likeliest tokens; 0: all (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
     p.set_defaults(func=sample)
+    from lm_lab.scaling import report, sweep
+
+    p = sub.add_parser("report", help="every run under a folder as one row; seeds grouped; settings compared")
+    report.add_arguments(p)
+    p.set_defaults(func=report.command)
+    p = sub.add_parser("sweep", help="launch a study: an IsoFLOP grid, or scaling-law points from cooldowns")
+    sweep.add_arguments(p)
     p = sub.add_parser("prepare-data", help="tokenise a corpus once into sharded token files (cached)")
     p.add_argument(
         "overrides", nargs="*", help="config overrides as for run.py, e.g. data=slimpajama_6b tokenizer=gpt2"
