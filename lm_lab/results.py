@@ -16,7 +16,6 @@ from typing import Any
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json
 
-
 ADDED_LATER = ("val_bpb", "val_bytes")
 """Keys that results.json files of older lm_lab versions lack; they load as null."""
 

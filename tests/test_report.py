@@ -106,7 +106,7 @@ def test_csv_feeds_the_fits_and_leaves_unfinished_runs_out(tmp_path, capsys):
     assert cli(["report", str(tmp_path / "sweep"), "--csv", str(tmp_path / "runs.csv")]) == 0
     text = capsys.readouterr().out
     assert "not finished (left out of the CSV): 3" in text and "3 rows written" in text
-    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    rows = list(csv.DictReader((tmp_path / "runs.csv").read_text().splitlines()))
     assert [r["run"] for r in rows] == ["0", "1", "2"]
     assert [float(r["flops"]) for r in rows] == [1e12] * 3  # the budget, not the FLOPs each spent
     assert [int(r["params"]) for r in rows] == [1000, 2000, 4000]

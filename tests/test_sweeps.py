@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -100,7 +101,7 @@ def test_isoflop_sweep_runs_as_one_multirun_that_report_reads(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
     assert cli(["report", str(sweep), "--csv", str(tmp_path / "runs.csv")]) == 0
-    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    rows = list(csv.DictReader((tmp_path / "runs.csv").read_text().splitlines()))
     assert sorted(int(r["params"]) for r in rows) == [p["params"] for p in out["points"]]
     for r in rows:
         assert float(r["flops"]) == 2e10 and r["stop_reason"] == "budget"
@@ -124,7 +125,7 @@ def test_cooldown_sweep_gathers_points_the_parametric_fit_reads(tmp_path, capsys
     args = ["sweep", "cooldowns", "--models", "1x32x2,2x32x2", "--lengths", "20,40", "--frac", "0.25", "--warmup", "5"]
     assert cli([*args, "--dir", str(tmp_path), *TINY, "train.val_every=10"]) == 0
     out = json.loads(capsys.readouterr().out)
-    rows = list(csv.DictReader(open(out["csv"])))
+    rows = list(csv.DictReader(Path(out["csv"]).read_text().splitlines()))
     assert [(r["model"], int(r["steps"]), int(r["fork_step"])) for r in rows] == [
         ("1x32x2", 20, 15),
         ("1x32x2", 40, 30),
