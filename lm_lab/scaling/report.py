@@ -70,7 +70,7 @@ class Run:
         r = self.results
         out = {k: getattr(r, k) for k in RESULT_COLUMNS if hasattr(r, k)}
         out["flops_spent"] = r.flops
-        out["flops"] = r.budget_flops if r.budget_flops is not None and r.budget_flop_count == "6n" else r.flops
+        out["flops"] = r.budget_flops if r.budget_flops is not None else r.flops  # in budget_flop_count's convention
         out["loss"] = r.val_loss
         return out
 
