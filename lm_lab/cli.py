@@ -9,6 +9,8 @@ lm-lab sample CKPT --prompt TEXT [--tokens N --temperature T --top-k K --seed S]
 lm-lab report DIR [--csv FILE] [--by FIELD ...] [--metric val_loss]   every run under DIR, seeds grouped, compared
 lm-lab sweep isoflop --budgets C1,C2,C3 [--points 5] [KEY=VALUE ...]   an IsoFLOP grid as one Hydra multirun
 lm-lab sweep cooldowns --models M1,M2 --lengths T1,T2,T3 [KEY=VALUE ...]   scaling-law points from cooldown forks
+lm-lab fit --method isoflop|parametric|hyperparams --input RUNS.csv [--predict C ...] [--plot FILE.png]   laws
+lm-lab search --space NAME --sampler tpe|gp|cmaes|random|coordinate|random_gradient --trials N [--budget-flops F]
 """
 
 from __future__ import annotations
@@ -288,13 +290,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=50, help="sample among the K likeliest tokens; 0: all (default 50)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampling (default 0)")
     p.set_defaults(func=sample)
-    from lm_lab.scaling import report, sweep
+    from lm_lab.scaling import fits, report, search, sweep
 
     p = sub.add_parser("report", help="every run under a folder as one row; seeds grouped; settings compared")
     report.add_arguments(p)
     p.set_defaults(func=report.command)
     p = sub.add_parser("sweep", help="launch a study: an IsoFLOP grid, or scaling-law points from cooldowns")
     sweep.add_arguments(p)
+    p = sub.add_parser("fit", help="fit a scaling law (isoflop, parametric) or hyperparameter power laws to a CSV")
+    fits.add_arguments(p)
+    p.set_defaults(func=fits.command)
+    p = sub.add_parser("search", help="a hyperparameter search on Optuna: resumable, shared by workers, FLOP-capped")
+    search.add_arguments(p)
+    p.set_defaults(func=search.command)
     p = sub.add_parser("prepare-data", help="tokenise a corpus once into sharded token files (cached)")
     p.add_argument(
         "overrides", nargs="*", help="config overrides as for run.py, e.g. data=slimpajama_6b tokenizer=gpt2"
