@@ -100,17 +100,17 @@ def test_comparisons_stay_within_the_other_fields(tmp_path):
 
 
 def test_csv_feeds_the_fits_and_leaves_unfinished_runs_out(tmp_path, capsys):
-    for i, params in enumerate((1000, 2000, 4000)):
-        write_run(tmp_path / "sweep" / str(i), loss=3.0 - 0.1 * i, seed=0, params=params, budget_flops=1e12)
-    write_run(tmp_path / "sweep" / "3", loss=2.0, seed=1, stop="interrupted")
+    for i, params in zip((2, 9, 10), (1000, 2000, 4000), strict=True):  # folders of a multirun: 10 after 9
+        write_run(tmp_path / "sweep" / str(i), loss=3.0 - 0.01 * i, seed=0, params=params, budget_flops=1e12)
+    write_run(tmp_path / "sweep" / "11", loss=2.0, seed=1, stop="interrupted")
     assert cli(["report", str(tmp_path / "sweep"), "--csv", str(tmp_path / "runs.csv")]) == 0
     text = capsys.readouterr().out
-    assert "not finished (left out of the CSV): 3" in text and "3 rows written" in text
+    assert "not finished (left out of the CSV): 11" in text and "3 rows written" in text
     rows = list(csv.DictReader((tmp_path / "runs.csv").read_text().splitlines()))
-    assert [r["run"] for r in rows] == ["0", "1", "2"]
+    assert [r["run"] for r in rows] == ["2", "9", "10"]
     assert [float(r["flops"]) for r in rows] == [1e12] * 3  # the budget, not the FLOPs each spent
     assert [int(r["params"]) for r in rows] == [1000, 2000, 4000]
-    assert [float(r["loss"]) for r in rows] == [3.0, 2.9, 2.8]
+    assert [float(r["loss"]) for r in rows] == [2.98, 2.91, 2.9]
     assert float(rows[0]["flops_spent"]) == 6.0 * 1000 * 100 * 4096
 
 

@@ -139,7 +139,7 @@ def make_plan(
     tokens = steps * tokens_per_step
     args = [
         "model=gpt2_small",
-        f"model.name=gpt2_{param_count(cfg) / 1e6:.0f}m",
+        f"model.name=gpt2_{_size(param_count(cfg))}",
         f"model.n_layer={cfg.n_layer}",
         f"model.n_head={cfg.n_head}",
         f"model.d_model={cfg.d_model}",
@@ -173,6 +173,11 @@ def make_plan(
         command="python run.py " + " ".join(shlex.quote(a) for a in args),
         warnings=warnings,
     )
+
+
+def _size(params: int) -> str:
+    """171.4M -> 171m, 228,736 -> 229k."""
+    return f"{params / 1e6:.0f}m" if params >= 1e6 else f"{params / 1e3:.0f}k"
 
 
 def render(plan: Plan) -> str:

@@ -30,6 +30,9 @@ def isoflop(fit: dict, table: dict[str, np.ndarray], path: str | Path) -> None:
         left.plot(budget["params"] * np.exp(grid), budget["loss"] + curvature * grid**2, color=colour, lw=1)
         left.scatter([budget["params"]], [budget["loss"]], color=colour, marker="*", s=120, edgecolor="black", lw=0.5)
     left.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP profiles (star: N_opt)")
+    from matplotlib.ticker import NullFormatter
+
+    left.xaxis.set_minor_formatter(NullFormatter())  # a narrow range labels every minor tick, overlapping
     left.legend(fontsize="small")
 
     c = np.array([b["flops"] for b in fit["per_budget"]])

@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def load_runs(root: str | Path) -> tuple[list[Run], list[Path]]:
     if not root.is_dir():
         raise ConfigError(f"{root} is not a folder; give the folder of a sweep, a search or a tree of runs")
     runs, unreadable = [], []
-    for file in sorted(root.rglob("results.json")):
+    for file in sorted(root.rglob("results.json"), key=_natural):
         folder = file.parent
         try:
             results = Results.load(folder)
@@ -119,6 +120,11 @@ def load_runs(root: str | Path) -> tuple[list[Run], list[Path]]:
     if not runs:
         raise ConfigError(f"no lm_lab runs under {root} (no readable results.json in it or below it)")
     return runs, unreadable
+
+
+def _natural(path: Path) -> list:
+    """Sort key: multirun folder 10 after 9, not after 1."""
+    return [[int(t) if t.isdigit() else t for t in re.split(r"(\d+)", part)] for part in path.parts]
 
 
 def varying(runs: list[Run]) -> list[str]:
