@@ -329,23 +329,13 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(x) for x in text.split(",") if x]
-    except ValueError:
-        values = []
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: give step counts (integers >= 2) separated by commas, e.g. 500,1000,2000"
-        )
-    return values
-
-
 def _names(text: str) -> list[str]:
     return [x for x in text.split(",") if x]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lm_lab.cli import _int_list
+
     sub = parser.add_subparsers(dest="study", required=True)
     p = sub.add_parser("isoflop", help="an IsoFLOP grid: sizes around N_opt at each budget, as one Hydra multirun")
     p.add_argument("--budgets", type=_floats, required=True, help="FLOP budgets, e.g. 1e15,3e15,1e16")
@@ -361,7 +351,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=sweep_isoflop)
     p = sub.add_parser("cooldowns", help="scaling-law points from cooldowns forked off one constant-LR run per model")
     p.add_argument("--models", type=_names, required=True, help="conf/model names or LxDxH shapes, e.g. 2x64x2,4x128x4")
-    p.add_argument("--lengths", type=_ints, required=True, help="total steps of the points, e.g. 500,1000,2000")
+    p.add_argument("--lengths", type=_int_list, required=True, help="total steps of the points, e.g. 500,1000,2000")
     p.add_argument("--frac", type=float, default=0.2, help="each cooldown's share of its length (default 0.2)")
     p.add_argument("--shape", default="1-sqrt", help="cooldown shape (default 1-sqrt)")
     p.add_argument("--warmup", type=int, default=300, help="warmup steps of the stable runs (default 300)")
