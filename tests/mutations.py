@@ -862,6 +862,56 @@ MUTANTS = [
         ("tests/test_fits.py::test_bootstrap_intervals_are_the_95_percent_percentiles_of_refits_on_resamples",),
         "the bootstrap interval is the interquartile range",
     ),
+    M(
+        "search-cd-ties-move",
+        "lm_lab/scaling/search.py",
+        "            if v < value:\n                x[i], value, moved = j, v, True",
+        "            if v <= value:\n                x[i], value, moved = j, v, True",
+        (
+            "tests/test_search.py::test_coordinate_descent_finds_the_grid_minimum_of_a_separable_objective_and_stops_after_a_quiet_pass",
+        ),
+        "coordinate descent counts a tie as a move, so a full pass never ends quiet",
+    ),
+    M(
+        "search-running-trials-free",
+        "lm_lab/scaling/search.py",
+        "        return cls(len(counted), spent, spent + pending * trial_flops)",
+        "        return cls(len(counted), spent, spent)",
+        ("tests/test_search.py::test_the_ledger_counts_a_retried_trial_once_and_a_running_one_at_its_full_budget",),
+        "running trials cost nothing in the FLOP budget",
+    ),
+    M(
+        "search-dead-worker-waits",
+        "lm_lab/scaling/search.py",
+        '(pid == worker["pid"] or not alive(pid))',
+        'pid == worker["pid"]',
+        ("tests/test_search.py::test_a_dead_workers_trial_is_rerun_at_once_with_its_parameters_in_its_run_directory",),
+        "a dead local worker's trial waits out the grace period",
+    ),
+    M(
+        "search-retry-new-dir",
+        "lm_lab/scaling/search.py",
+        '        keep = {k: trial.user_attrs[k] for k in ("run_dir",) if k in trial.user_attrs}',
+        "        keep = {}",
+        ("tests/test_search.py::test_a_dead_workers_trial_is_rerun_at_once_with_its_parameters_in_its_run_directory",),
+        "a re-run trial trains afresh in a new directory instead of resuming its checkpoint",
+    ),
+    M(
+        "search-one-seed",
+        "lm_lab/scaling/search.py",
+        "make_sampler(self.sampler, trial_seed(self.seed, len(trials)))",
+        "make_sampler(self.sampler, self.seed)",
+        ("tests/test_search.py::test_each_sampler_is_reproducible_on_the_law_objective_and_keeps_to_its_flop_budget",),
+        "one sampler seed for every trial: points repeat",
+    ),
+    M(
+        "search-budget-overshoot",
+        "lm_lab/scaling/search.py",
+        "book.committed + self.space.trial_flops > self.budget_flops",
+        "book.committed > self.budget_flops",
+        ("tests/test_search.py::test_each_sampler_is_reproducible_on_the_law_objective_and_keeps_to_its_flop_budget",),
+        "the last trial overshoots the study's FLOP budget",
+    ),
 ]
 
 
