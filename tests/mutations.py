@@ -912,6 +912,46 @@ MUTANTS = [
         ("tests/test_search.py::test_each_sampler_is_reproducible_on_the_law_objective_and_keeps_to_its_flop_budget",),
         "the last trial overshoots the study's FLOP budget",
     ),
+    M(
+        "swa-window-unequal-weights",
+        "lm_lab/optim/averaging.py",
+        "mean.lerp_(w, 1 / self.count)",
+        "mean.lerp_(w, 1 / (self.count + 1))",
+        ("tests/test_swa_windows.py::test_window_means_equal_their_definition_on_a_known_sequence",),
+        "a window's samples weighed unequally",
+    ),
+    M(
+        "swa-last-window-only",
+        "lm_lab/optim/averaging.py",
+        "[*self.completed, self.running][-self.windows :]",
+        "[self.running]",
+        ("tests/test_swa_windows.py::test_window_means_equal_their_definition_on_a_known_sequence",),
+        "windows=n scores only the latest window",
+    ),
+    M(
+        "swa-window-shifted",
+        "callbacks/averaging.py",
+        "t = trainer.global_step - 1 - self.start_step",
+        "t = trainer.global_step - self.start_step",
+        ("tests/test_swa_windows.py::test_the_callback_scores_the_latest_windows_in_a_real_run",),
+        "windows shifted by one step",
+    ),
+    M(
+        "swa-scores-before-a-window",
+        "callbacks/averaging.py",
+        "(self.windowed is None or bool(self.windowed.completed))",
+        "(self.windowed is None or True)",
+        ("tests/test_swa_windows.py::test_the_callback_scores_the_latest_windows_in_a_real_run",),
+        "the initial weights scored before any window completes",
+    ),
+    M(
+        "swa-windows-not-restored",
+        "callbacks/averaging.py",
+        "if self.windowed is not None and windows is not None:",
+        "if False:",
+        ("tests/test_swa_windows.py::test_a_run_killed_mid_window_resumes_the_windows_bit_exact",),
+        "the windows not restored on resume",
+    ),
 ]
 
 

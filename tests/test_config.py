@@ -14,7 +14,9 @@ from lm_lab.models import ModelConfig
 from lm_lab.models.presets import PRESETS
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "search"))  # search: lm-lab search's spaces (tests/test_search.py)
+GROUPS = sorted(
+    p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "search")
+)  # search: lm-lab search's spaces (tests/test_search.py)
 
 
 def run_config(overrides: list[str], world_size: int = 1) -> RunConfig:
