@@ -15,6 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
 
+from lm_lab.cli import main as cli
 from lm_lab.errors import ConfigError
 from lm_lab.scaling.search import (
     SAMPLERS,
@@ -22,7 +23,6 @@ from lm_lab.scaling.search import (
     Param,
     Space,
     coordinate_descent,
-    main,
     minimise,
     random_gradient,
     run_search,
@@ -406,24 +406,24 @@ def test_ctrl_c_requeues_the_trial_and_the_next_start_finishes_it(tmp_path):
 def test_the_command_resumes_its_study_and_refuses_a_changed_space_or_another_study(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     path.write_text(json.dumps(SPACE))
-    cmd = ["--space", str(path), "--sampler", "coordinate", "--trials", "5", "--objective", "law:epoch"]
+    cmd = ["search", "--space", str(path), "--sampler", "coordinate", "--trials", "5", "--objective", "law:epoch"]
     cmd += ["--dir", str(tmp_path / "search"), "--budget-flops", "1.5e11"]
-    assert main(cmd) == 0
+    assert cli(cmd) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["trials"]["complete"] == 5 and out["stopped"] == "trials" and out["study"] == "tiny"
     assert out["flops"]["spent"] <= 1.5e11 and out["flops"]["per_trial"] == 3e10
     assert out["best"]["value"] == min(
         t.value for t in optuna.load_study(study_name="tiny", storage=_journal(tmp_path / "search")).trials
     )
-    assert main(cmd) == 0  # the same command again: nothing left to do
+    assert cli(cmd) == 0  # the same command again: nothing left to do
     assert json.loads(capsys.readouterr().out)["trials"]["complete"] == 5
     path.write_text(json.dumps({**SPACE, "trial_flops": 6e10}))
-    assert main(cmd) == 2
+    assert cli(cmd) == 2
     assert capsys.readouterr().err.splitlines() == [
         "error: study 'tiny' was searched in another space (its trial_flops differ from "
         f"{path}); resume it with the same space, or give another --study-name and --dir"
     ]
-    assert main([*cmd, "--study-name", "other"]) == 2
+    assert cli([*cmd, "--study-name", "other"]) == 2
     assert "holds study 'tiny'" in capsys.readouterr().err
 
 
@@ -499,7 +499,7 @@ def test_a_training_search_killed_mid_trial_resumes_the_killed_trial_from_its_ch
     }
     path.write_text(json.dumps({**SPACE, "overrides": [*TINY, "train.batch_size=8"], "params": params}))
     search = tmp_path / "search"
-    cmd = [sys.executable, "-m", "lm_lab.scaling.search", "--space", str(path), "--sampler", "random", "--trials", "2"]
+    cmd = [sys.executable, "-m", "lm_lab.cli", "search", "--space", str(path), "--sampler", "random", "--trials", "2"]
     cmd += ["--dir", str(search), "--seed", "0"]
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True

@@ -1486,24 +1486,3 @@ def command(args: argparse.Namespace) -> dict:
         directory=str(directory.absolute()),
         storage=str(storage),
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m lm_lab.scaling.search ...`, the same as `lm-lab search ...`."""
-    parser = argparse.ArgumentParser(prog="lm-lab search", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    args, rest = parser.parse_known_args(argv)
-    if any(r.startswith("-") for r in rest):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.overrides = [*args.overrides, *rest]
-    try:
-        print(json.dumps(command(args), indent=2))
-    except ConfigError as e:
-        for line in e.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
