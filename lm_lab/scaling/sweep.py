@@ -35,8 +35,6 @@ from lm_lab.errors import ConfigError
 from lm_lab.models import ModelConfig, param_count
 from lm_lab.results import Results
 
-log = logging.getLogger(__name__)
-
 RUN_PY = Path(__file__).resolve().parents[2] / "run.py"
 SHAPE = re.compile(r"^(\d+)x(\d+)x(\d+)$")  # n_layer x d_model x n_head
 
