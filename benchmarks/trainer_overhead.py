@@ -17,13 +17,12 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.optim.lr_scheduler import LambdaLR
 
 from callbacks import TokenThroughput
 from lm_lab.config import compose
-from lm_lab.models import GPT, ModelConfig, flops_per_token
+from lm_lab.models import GPT, ModelConfig, flops_per_token, next_token_loss
 from lm_lab.module import LMModule
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, build_optimizer, lr_multiplier
 
@@ -42,8 +41,7 @@ def bare_loop(cfg: ModelConfig, batches: list[torch.Tensor], device: torch.devic
     for batch in batches:
         batch = batch.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = model(batch[:, :-1])
-            loss = F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+            loss = next_token_loss(model, batch).total
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

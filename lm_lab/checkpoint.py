@@ -250,7 +250,7 @@ def load_model(path: str | Path) -> tuple[ModelConfig, GPT]:
     with torch.device("meta"):
         model = GPT(cfg)
     model.load_state_dict(state, assign=True)  # the checkpoint's tensors become the parameters: no second copy
-    model.lm_head.weight = model.wte.weight  # assign=True replaced the tied tensor: tie it again
+    model.tie_weights()  # assign=True replaced the tied tensor: tie it again
     return cfg, model.eval()
 
 

@@ -26,7 +26,15 @@ from omegaconf import OmegaConf
 
 from lm_lab.config import compose
 from lm_lab.errors import ConfigError
-from lm_lab.models import ModelConfig, chinchilla_flops_per_token, flops_per_token, non_embedding_params, param_count
+from lm_lab.models import (
+    ModelConfig,
+    active_param_count,
+    chinchilla_flops_per_token,
+    component_params,
+    flops_per_token,
+    non_embedding_params,
+    param_count,
+)
 from lm_lab.optim import SchedulerConfig
 from lm_lab.results import Results
 
@@ -46,6 +54,8 @@ def count(args: argparse.Namespace) -> dict:
         "model": cfg.name,
         "params": param_count(cfg),
         "params_non_embedding": non_embedding_params(cfg),
+        "params_active": active_param_count(cfg),
+        "params_by_component": component_params(cfg),
         "vocab_size": cfg.vocab_size,
         "padded_vocab_size": cfg.padded_vocab_size,
         "seq_len": seq_len,

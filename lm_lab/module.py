@@ -14,13 +14,12 @@ from dataclasses import asdict, replace
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lm_lab.checkpoint import rng_state, set_rng_state
 from lm_lab.guards import NonFiniteError
-from lm_lab.models import GPT, ModelConfig, flops_per_token
+from lm_lab.models import GPT, ModelConfig, flops_per_token, next_token_loss
 from lm_lab.optim import HYPERPARAMETERS, OptimizerConfig, Schedule, SchedulerConfig, build_optimizer, lr_multiplier
 
 log = logging.getLogger(__name__)
@@ -109,16 +108,26 @@ class LMModule(L.LightningModule):
     # -- loss and metrics ----------------------------------------------------------------------------------
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats) of a (B, T + 1) batch of token windows."""
-        x, y = batch[:, :-1], batch[:, 1:]  # (B, T) inputs and targets
-        logits = self.model(x)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        """Mean next-token cross-entropy (nats) of a (B, T + 1) batch of token windows: what validation scores."""
+        return next_token_loss(self.model, batch).lm
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self._last_loss = loss.detach()
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
+        loss = next_token_loss(self.model, batch)
+        self._last_loss = loss.total.detach()
+        self.log("train/loss", loss.lm, prog_bar=True)
+        if loss.aux is not None:
+            self.log("train/aux_loss", loss.aux)
+            self._log_routing()
+        return loss.total
+
+    def _log_routing(self) -> None:
+        """MoE routing of the last batch, averaged over the MoE layers: each expert's load (its share of the
+        assignments; 1/experts is uniform), the share dropped over capacity, and the unweighted balance and z-losses."""
+        layers = [m.aux for m in self.model.moe_layers() if m.aux]
+        for key in ("dropped", "balance", "z"):
+            self.log(f"moe/{key}", torch.stack([a[key] for a in layers]).mean())
+        for e, load in enumerate(torch.stack([a["load"] for a in layers]).mean(0)):
+            self.log(f"moe/load_{e}", load)
 
     def on_train_batch_end(self, outputs, batch: torch.Tensor, batch_idx: int) -> None:
         # Lightning validates on the interval or when told to stop, not at max_steps between intervals: ask it to

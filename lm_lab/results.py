@@ -16,7 +16,7 @@ from typing import Any
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json
 
-ADDED_LATER = ("val_bpb", "val_bytes")
+ADDED_LATER = ("val_bpb", "val_bytes", "params_active")
 """Keys that results.json files of older lm_lab versions lack; they load as null."""
 
 
@@ -70,6 +70,9 @@ class Results:
     params: int
     """Parameters, tied embedding counted once."""
     params_non_embedding: int
+    params_active: int | None
+    """Parameters one token uses: `params` with a mixture of experts' k routed experts instead of all (equal to
+    `params` for a dense model); FLOPs follow the active count."""
     tokens_per_step: int
     train_seconds: float
     """Seconds of training summed over every start of the run (each start counted up to the checkpoint the next

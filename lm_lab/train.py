@@ -53,7 +53,13 @@ from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_text
 from lm_lab.guards import NonFiniteError, StopRequested
 from lm_lab.lock import RunLock
-from lm_lab.models import chinchilla_flops_per_token, flops_per_token, non_embedding_params, param_count
+from lm_lab.models import (
+    active_param_count,
+    chinchilla_flops_per_token,
+    flops_per_token,
+    non_embedding_params,
+    param_count,
+)
 from lm_lab.module import LMModule
 from lm_lab.results import Results
 from lm_lab.scaling.budget import NO_STEP_LIMIT, describe, token_flops
@@ -229,11 +235,12 @@ def fit(
             f"tokens, {tr.max_steps * run.tokens_per_step * fpt:.3g} FLOPs"
         )
         log.info(
-            "model %s: %s params (%s non-embedding), %.3g FLOPs/token | %s | "
+            "model %s: %s params (%s non-embedding%s), %.3g FLOPs/token | %s | "
             "batch %d = %d micro x %d accumulation x %d devices | precision %s%s",
             run.model.name,
             f"{param_count(run.model):,}",
             f"{non_embedding_params(run.model):,}",
+            f", {active_param_count(run.model):,} active" if run.model.has_moe() else "",
             fpt,
             length,
             tr.batch_size,
@@ -401,6 +408,7 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
         flops_per_token_chinchilla=fpt_chinchilla,
         params=param_count(run.model),
         params_non_embedding=non_embedding_params(run.model),
+        params_active=active_param_count(run.model),
         tokens_per_step=run.tokens_per_step,
         train_seconds=total,
         train_seconds_last_start=total - module.train_seconds_before,

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm_lab.models import GPT, ModelConfig
-from lm_lab.models.gpt import causal_attention, flash_attn_func
+from lm_lab.models import GPT, ModelConfig, next_token_loss
+from lm_lab.models.layers import ATTENTION, causal_attention, flash_attn_func
 from lm_lab.optim import OptimizerConfig, build_optimizer
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -16,15 +16,15 @@ def test_bf16_autocast_matches_fp32_and_trains_with_fused_adamw():
     model = GPT(cfg).cuda()
     idx = torch.randint(0, 512, (4, 65), device="cuda")
     with torch.no_grad():
-        ref = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+        ref = next_token_loss(model, idx).total
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            low = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+            low = next_token_loss(model, idx).total
     assert abs(low.item() - ref.item()) < 0.02
     opt = build_optimizer(model, OptimizerConfig(lr=3e-3), fused=True)
     losses = []
     for _ in range(20):
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten())
+            loss = next_token_loss(model, idx).total
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -38,3 +38,36 @@ def test_flash_attn_matches_sdpa():
     flash = causal_attention(q, k, v, dropout_p=0.0)
     sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(flash, sdpa, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(norm="rmsnorm", mlp="swiglu", positions="rope", bias=False, n_kv_head=2, tie_embeddings=False),
+        dict(block_pattern="A,E,F,E", moe_experts=4, moe_expert_mlp="swiglu", denseformer=True),
+    ],
+    ids=["llama_gqa", "moe_denseformer"],
+)
+def test_variants_train_in_bf16_with_every_attention_kernel(variant):
+    """GQA and RoPE through flash-attn (when installed) and SDPA agree in bf16, and the variants learn."""
+    cfg = ModelConfig(n_layer=2, n_head=4, d_model=128, block_size=64, vocab_size=512, **variant)
+    torch.manual_seed(0)
+    model = GPT(cfg).cuda()
+    idx = torch.randint(0, 512, (4, 65), device="cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        ref = next_token_loss(model, idx).lm
+        for impl in ("auto", "sdpa"):
+            for m in model.modules():
+                if hasattr(m, "attend"):
+                    m.attend = ATTENTION[impl]
+            assert abs(next_token_loss(model, idx).lm.item() - ref.item()) < 0.02, impl
+    opt = build_optimizer(model, OptimizerConfig(lr=3e-3), fused=True)
+    losses = []
+    for _ in range(20):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = next_token_loss(model, idx).total
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

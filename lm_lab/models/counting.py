@@ -1,7 +1,8 @@
 """Parameter and FLOP counts from a `ModelConfig` alone: pure arithmetic, no model is built.
 
-Tests check `param_count` against the real module built on the meta device, so the formulas and the
-model cannot drift apart.
+Tests check every component's count against the real module built on the meta device, so the formulas and the
+model cannot drift apart. "Active" counts a mixture of experts' k routed experts instead of all of them: the
+parameters one token is multiplied by.
 """
 
 from __future__ import annotations
@@ -9,54 +10,115 @@ from __future__ import annotations
 from lm_lab.models.config import ModelConfig
 
 
-def embedding_params(cfg: ModelConfig) -> int:
-    """Token (padded) plus position embedding parameters; the output head is tied to the token embedding."""
-    return cfg.padded_vocab_size * cfg.d_model + cfg.block_size * cfg.d_model
+def _norm(cfg: ModelConfig) -> int:
+    return cfg.d_model * (2 if cfg.norm == "layernorm" and cfg.bias else 1)  # LayerNorm weight (+ bias); RMSNorm g
 
 
-def non_embedding_params(cfg: ModelConfig) -> int:
-    """Everything but the embeddings: blocks and the final LayerNorm (Kaplan et al. 2020 §2.1's N, exactly)."""
+def _attention(cfg: ModelConfig) -> int:
+    d, q, kv = cfg.d_model, cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
+    return d * (q + 2 * kv) + q * d + ((q + 2 * kv + d) if cfg.bias else 0)  # fused qkv + output projection
+
+
+def _feed_forward(cfg: ModelConfig, kind: str) -> int:
     d, ff = cfg.d_model, cfg.d_ff
-    norm = d * (2 if cfg.bias else 1)  # LayerNorm weight (+ bias)
-    attn = 3 * d * d + d * d + (4 * d if cfg.bias else 0)  # qkv + output projection
-    mlp = 2 * d * ff + ((ff + d) if cfg.bias else 0)
-    return cfg.n_layer * (2 * norm + attn + mlp) + norm
+    if kind == "swiglu":
+        return 3 * d * ff + ((2 * ff + d) if cfg.bias else 0)  # gate, up, proj
+    return 2 * d * ff + ((ff + d) if cfg.bias else 0)  # fc, proj
+
+
+def component_params(cfg: ModelConfig, active: bool = False) -> dict[str, int]:
+    """Parameters per component over the whole model (tied weights counted once). `active`: per token, i.e.
+    `moe_top_k` of the `moe_experts` experts of every MoE layer."""
+    kinds = cfg.layer_kinds()
+    n_attn, n_dense, n_moe = (cfg.n_layer * kinds.count(k) for k in ("A", "F", "E"))
+    experts = cfg.moe_top_k if active else cfg.moe_experts
+    dwa = 0
+    if cfg.denseformer:  # one weight per averaged output (see DepthWeightedAverage)
+        dwa = sum(
+            len(range((i + 1) % cfg.dwa_dilation, i + 2, cfg.dwa_dilation))
+            for i in range(cfg.n_layer)
+            if (i + 1) % cfg.dwa_period == 0
+        )
+    return {
+        "embedding": cfg.padded_vocab_size * cfg.d_model,
+        "positions": cfg.block_size * cfg.d_model if cfg.positions == "learned" else 0,
+        "attention": n_attn * _attention(cfg),
+        "feed_forward": n_dense * _feed_forward(cfg, cfg.mlp),
+        "experts": n_moe * experts * _feed_forward(cfg, cfg.moe_expert_mlp),
+        "routers": n_moe * cfg.d_model * cfg.moe_experts,
+        "norms": (cfg.n_layer * len(kinds) + 1) * _norm(cfg),
+        "denseformer": dwa,
+        "head": 0 if cfg.tie_embeddings else cfg.padded_vocab_size * cfg.d_model,
+    }
+
+
+VOCABULARY = ("embedding", "positions", "head")
+
+
+def embedding_params(cfg: ModelConfig) -> int:
+    """Token (padded) plus position embedding parameters (and an untied output head's)."""
+    parts = component_params(cfg)
+    return sum(parts[k] for k in VOCABULARY)
+
+
+def non_embedding_params(cfg: ModelConfig, active: bool = False) -> int:
+    """Everything but the vocabulary and position matrices: blocks, the final norm and DenseFormer's weights
+    (Kaplan et al. 2020 §2.1's N, exactly)."""
+    return sum(v for k, v in component_params(cfg, active).items() if k not in VOCABULARY)
 
 
 def param_count(cfg: ModelConfig) -> int:
     """Total trainable parameters, tied weights counted once."""
-    return non_embedding_params(cfg) + embedding_params(cfg)
+    return sum(component_params(cfg).values())
+
+
+def active_param_count(cfg: ModelConfig) -> int:
+    """Parameters one token is multiplied by or looks up: `param_count` with k experts per MoE layer."""
+    return sum(component_params(cfg, active=True).values())
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
-    """Training FLOPs per token: 6N + 12 * n_layer * seq_len * d_model.
+    """Training FLOPs per token: 6N + 12 * n_attention_layers * seq_len * d_attention.
 
     6N: forward and backward cost 6 FLOPs per parameter per token (Kaplan et al. 2020 §2.1). The attention
-    term counts the scores QK^T and the weighted sum AV, 2 * seq_len * d_model FLOPs each per layer forward,
-    times 3 for training, with no discount for the causal mask (PaLM App. B; Chinchilla App. F; Kaplan's
-    Table 1 halves it for the mask). N counts every parameter multiplied by an activation: the
-    non-embedding parameters and the (tied) output head; the embedding lookups cost no matmul. Equal to
-    nanoGPT's `estimate_mfu` count.
+    term counts the scores QK^T and the weighted sum AV, 2 * seq_len * d_attention FLOPs each per attention layer
+    forward (d_attention = n_head * head_dim = d_model), times 3 for training, with no discount for the causal mask
+    (PaLM App. B; Chinchilla App. F; Kaplan's Table 1 halves it for the mask). N counts every parameter a token is
+    multiplied by: the active non-embedding parameters (k experts, the routers) and the output head; the embedding
+    lookups cost no matmul. Equal to nanoGPT's `estimate_mfu` count for GPT-2.
     """
-    n_matmul = non_embedding_params(cfg) + cfg.padded_vocab_size * cfg.d_model
-    return 6 * n_matmul + 12 * cfg.n_layer * seq_len * cfg.d_model
+    n_matmul = non_embedding_params(cfg, active=True) + cfg.padded_vocab_size * cfg.d_model
+    n_attn = cfg.n_layer * cfg.layer_kinds().count("A")
+    return 6 * n_matmul + 12 * n_attn * seq_len * cfg.n_head * cfg.head_dim
 
 
 def chinchilla_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token counted op by op as in Hoffmann et al. 2022, Appendix F (biases and norms ignored).
+    """Training FLOPs per token counted op by op as in Hoffmann et al. 2022, Appendix F (biases, norms and
+    DenseFormer's averages ignored), with Hägele et al.'s extensions (epfml/schedules-and-scaling flops.ipynb):
+    SwiGLU's third matrix, grouped-query projections and a mixture of experts as k dense feed-forwards plus
+    3 * seq_len * experts for the gate.
 
     Backward is twice the forward pass; the embedding is counted as a one-hot matmul like the paper does.
     """
     d, v, t, h = cfg.d_model, cfg.padded_vocab_size, seq_len, cfg.n_head
+    q, kv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
     embeddings = 2 * t * v * d
     attention = (
-        2 * 3 * t * d * d  # key, query, value projections
-        + 2 * t * t * d  # key @ query logits
+        2 * t * d * (q + 2 * kv)  # key, query, value projections
+        + 2 * t * t * q  # key @ query logits
         + 3 * h * t * t  # softmax
-        + 2 * t * t * d  # softmax @ value reduction
-        + 2 * t * d * d  # final linear
+        + 2 * t * t * q  # softmax @ value reduction
+        + 2 * t * q * d  # final linear
     )
-    dense = 2 * t * (d * cfg.d_ff * 2)
+
+    def dense(kind: str) -> int:
+        return 2 * t * (d * cfg.d_ff * (3 if kind == "swiglu" else 2))
+
+    layer = {
+        "A": attention,
+        "F": dense(cfg.mlp),
+        "E": cfg.moe_top_k * dense(cfg.moe_expert_mlp) + 3 * t * cfg.moe_experts,
+    }
     logits = 2 * t * d * v
-    forward = embeddings + cfg.n_layer * (attention + dense) + logits
+    forward = embeddings + cfg.n_layer * sum(layer[k] for k in cfg.layer_kinds()) + logits
     return 3 * forward / t

@@ -1,8 +1,10 @@
-"""GPT-2 (Radford et al. 2019), read top to bottom: attention -> MLP -> block -> model.
+"""The decoder family, read top to bottom: block -> DenseFormer's averaging -> model. Components are in `layers.py`
+(norms, positions, attention, MLPs) and `moe.py` (mixture of experts), each chosen by a `ModelConfig` string.
 
-Faithful to GPT-2: learned position embeddings, pre-LayerNorm blocks with a final LayerNorm, a GELU
-(tanh approximation, as in GPT-2's code) MLP of width 4d, output head tied to the token embedding,
-biases optional, dropout on embeddings, attention probabilities and residual branches.
+The defaults are GPT-2 (Radford et al. 2019): learned position embeddings, pre-LayerNorm blocks with a final
+LayerNorm, a GELU MLP of width 4d, the output head tied to the token embedding, biases, dropout on embeddings,
+attention probabilities and residual branches. LLaMA-style is norm=rmsnorm, mlp=swiglu, positions=rope, no biases,
+an untied head and n_kv_head < n_head for grouped-query attention.
 Deviation: the embedding is padded to a multiple of `pad_vocab_multiple` rows (nanoGPT); the padded rows
 are never targets, so the model learns to give them no mass.
 """
@@ -12,92 +14,92 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lm_lab.models.config import ModelConfig
+from lm_lab.models.layers import ATTENTION, FEED_FORWARD, NORMS, CausalSelfAttention, rotary_tables
+from lm_lab.models.moe import MoE
 
-try:  # flash-attn is an optional extra (`pip install lm_lab[gpu]`)
-    from flash_attn import flash_attn_func
-except ImportError:
-    flash_attn_func = None
+__all__ = ["ATTENTION", "GPT", "Block"]
 
-
-def _use_flash_attn(q: torch.Tensor) -> bool:
-    """flash-attn 2 needs CUDA, half precision and an Ampere or newer GPU."""
-    return (
-        flash_attn_func is not None
-        and q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and torch.cuda.get_device_capability(q.device) >= (8, 0)
-    )
-
-
-def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Causal softmax attention over (B, H, T, D) tensors with PyTorch's fused kernels."""
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-
-
-def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """The same with flash-attn 2, which wants (B, T, H, D)."""
-    out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=dropout_p, causal=True)
-    return out.transpose(1, 2)
-
-
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """`auto`: flash-attn where it runs (CUDA, half precision, Ampere or newer, installed), else SDPA."""
-    return (flash_attention if _use_flash_attn(q) else sdpa_attention)(q, k, v, dropout_p)
-
-
-ATTENTION = {"auto": causal_attention, "sdpa": sdpa_attention, "flash": flash_attention}
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.attn_dropout = cfg.attn_dropout
-        self.attend = ATTENTION[cfg.attn_impl]
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.resid_dropout = nn.Dropout(cfg.resid_dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        # Dropout on attention probabilities only while training: llm-baselines passes dropout_p to SDPA
-        # unconditionally, which leaves it on at evaluation and biases every validation loss.
-        y = self.attend(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.resid_dropout(self.proj(y))
-
-
-class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
-        self.act = nn.GELU(approximate="tanh")  # GPT-2's gelu
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.resid_dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.act(self.fc(x))))
+SUBLAYER_NAMES = {"A": "attn", "F": "mlp", "E": "moe"}
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm block (GPT-2 §2.3): x + attn(ln(x)), then x + mlp(ln(x))."""
+    """Pre-norm residual sublayers (GPT-2 §2.3), one per letter of `block_pattern`: x + f(norm(x)).
+
+    The names follow GPT-2's for `A,F` (ln_1, attn, ln_2, mlp); a repeated kind gets a suffix (moe, moe_2, ...).
+    """
+
+    def __init__(self, cfg: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.sublayers: list[tuple[str, str]] = []  # (norm name, module name) in order
+        seen: dict[str, int] = {}
+        for i, kind in enumerate(cfg.layer_kinds()):
+            seen[kind] = seen.get(kind, 0) + 1
+            name = SUBLAYER_NAMES[kind] + (f"_{seen[kind]}" if seen[kind] > 1 else "")
+            if kind == "A":
+                module = CausalSelfAttention(cfg, layer_idx)
+            elif kind == "E":
+                module = MoE(cfg)
+            else:
+                module = FEED_FORWARD[cfg.mlp](cfg)
+            self.add_module(f"ln_{i + 1}", NORMS[cfg.norm](cfg))
+            self.add_module(name, module)
+            self.sublayers.append((f"ln_{i + 1}", name))
+
+    def init_weights(self, std: float) -> None:
+        for norm, layer in self.sublayers:
+            getattr(self, norm).init_weights(std)
+            getattr(self, layer).init_weights(std)
+
+    def init_residual(self, std: float) -> None:
+        for _, layer in self.sublayers:
+            getattr(self, layer).init_residual(std)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        for norm, layer in self.sublayers:
+            module = getattr(self, layer)
+            h = getattr(self, norm)(x)
+            x = x + (module(h, rope) if isinstance(module, CausalSelfAttention) else module(h))
+        return x
+
+
+class DepthWeightedAverage(nn.Module):
+    """DenseFormer's DWA (Pagliardini et al. 2024, §3): after block i (when (i + 1) % period == 0) the next input
+    is sum_j alpha_ij X_j over the embedding output X_0 and the block outputs X_1..X_{i+1}, keeping only the j
+    with j = i + 1 (mod dilation). alpha starts as one on X_{i+1} and zero elsewhere: the plain residual model.
+
+    Deviation: the weights are 1-D parameters (the reference code's `nn.Linear(n, 1)` rows), so they are never
+    weight-decayed and Muon leaves them to AdamW.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.mlp = MLP(cfg)
+        self.dilation, self.period = cfg.dwa_dilation, cfg.dwa_period
+        self.alphas = nn.ParameterDict(
+            {str(i): nn.Parameter(torch.empty(len(self.sources(i)))) for i in range(cfg.n_layer) if self.applies(i)}
+        )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+    def applies(self, i: int) -> bool:
+        return (i + 1) % self.period == 0
+
+    def sources(self, i: int) -> range:
+        """Indices j of the outputs X_j averaged after block i."""
+        return range((i + 1) % self.dilation, i + 2, self.dilation)
+
+    def init_weights(self, std: float) -> None:
+        for alpha in self.alphas.values():
+            nn.init.zeros_(alpha)
+            alpha.data[-1] = 1.0
+
+    def forward(self, outputs: list[torch.Tensor], i: int) -> torch.Tensor:
+        if not self.applies(i):
+            return outputs[-1]
+        xs = [outputs[j] for j in self.sources(i)]
+        alpha = self.alphas[str(i)].to(xs[0].dtype)
+        return torch.einsum("j,j...->...", alpha, torch.stack(xs))
 
 
 class GPT(nn.Module):
@@ -105,44 +107,67 @@ class GPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
-        self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
+        if cfg.positions == "learned":
+            self.wpe = nn.Embedding(cfg.block_size, cfg.d_model)
         self.drop = nn.Dropout(cfg.embd_dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        if cfg.denseformer:
+            self.dwa = DepthWeightedAverage(cfg)
+        self.ln_f = NORMS[cfg.norm](cfg)
         self.lm_head = nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied input/output embedding (GPT-2)
+        self.tie_weights()
         self.init_weights()
+
+    def tie_weights(self) -> None:
+        """The output head shares the token embedding's tensor (GPT-2) unless `tie_embeddings` is off."""
+        if self.config.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """GPT-2 init: N(0, 0.02) weights, zero biases, unit LayerNorms, residual projections scaled down.
+        """GPT-2 init: N(0, 0.02) weights, zero biases, unit norms, residual projections scaled down.
 
-        On the meta device these calls are free, so building a 1.5B model to count it costs nothing.
+        Each module draws its own weights, in the order GPT-2's code always drew them: every block, the final
+        norm and the head; then the embeddings; then the residual projections again at the scaled std (the tied
+        head's first draw is overwritten by the embedding's). On the meta device these calls are free, so
+        building a 1.5B model to count it costs nothing.
         """
         std = self.config.init_std
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, mean=0.0, std=std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            block.init_weights(std)
+        if self.config.denseformer:
+            self.dwa.init_weights(std)
+        self.ln_f.init_weights(std)
+        nn.init.normal_(self.lm_head.weight, mean=0.0, std=std)
         nn.init.normal_(self.wte.weight, mean=0.0, std=std)
-        nn.init.normal_(self.wpe.weight, mean=0.0, std=0.01)  # openai/gpt-2 src/model.py: wpe stddev 0.01
+        if self.config.positions == "learned":
+            nn.init.normal_(self.wpe.weight, mean=0.0, std=0.01)  # openai/gpt-2 src/model.py: wpe stddev 0.01
         # GPT-2 §2.3: "scale the weights of residual layers at initialization by 1/sqrt(N)", N residual layers.
         for block in self.blocks:
-            for proj in (block.attn.proj, block.mlp.proj):
-                nn.init.normal_(proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+            block.init_residual(std / math.sqrt(self.config.n_residual_layers))
+
+    def moe_layers(self) -> list[MoE]:
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The auxiliary losses of the last forward (MoE balance and z-losses, weighted), or None without any."""
+        losses = [m.aux["loss"] for m in self.moe_layers() if m.aux]
+        return torch.stack(losses).sum() if losses else None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> next-token logits (B, T, padded_vocab_size)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds model.block_size={self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)
+        x = self.wte(idx)  # (B, T, C)
+        if self.config.positions == "learned":
+            x = x + self.wpe(torch.arange(T, device=idx.device))
+        x = self.drop(x)
+        rope = rotary_tables(self.config, T, idx.device) if self.config.positions == "rope" else None
+        outputs = [x]  # DenseFormer's X_0, X_1, ...
+        for i, block in enumerate(self.blocks):
+            x = block(x, rope)
+            if self.config.denseformer:
+                outputs.append(x)
+                x = self.dwa(outputs, i)
         return self.lm_head(self.ln_f(x))  # (B, T, V)
