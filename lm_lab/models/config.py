@@ -133,7 +133,11 @@ class ModelConfig:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"model.{name}={value!r} must be a positive integer")
-        if not problems and self.d_model % self.n_head:
+        heads_valid = all(
+            isinstance(getattr(self, f), int) and not isinstance(getattr(self, f), bool) and getattr(self, f) >= 1
+            for f in ("n_head", "n_kv_head", "d_model")
+        )
+        if heads_valid and self.d_model % self.n_head:
             divisors = [h for h in range(1, min(self.d_model, 64) + 1) if self.d_model % h == 0]
             problems.append(
                 f"model.n_head={self.n_head} does not divide model.d_model={self.d_model}; "
@@ -152,12 +156,12 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"model.{name}={value!r} must be a positive integer")
-        if not problems and self.n_head % self.n_kv_head:
+        if heads_valid and self.n_head % self.n_kv_head:
             divisors = [h for h in range(1, self.n_head + 1) if self.n_head % h == 0]
             problems.append(
                 f"model.n_kv_head={self.n_kv_head} does not divide model.n_head={self.n_head}; pick one of {divisors}"
             )
-        if self.positions == "rope" and isinstance(self.d_model, int) and (self.d_model // self.n_head) % 2:
+        if self.positions == "rope" and heads_valid and (self.d_model // self.n_head) % 2:
             problems.append(
                 f"model.positions=rope needs an even head dimension; d_model/n_head = {self.d_model // self.n_head}"
             )

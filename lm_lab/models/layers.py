@@ -36,13 +36,14 @@ class LayerNorm(nn.LayerNorm):
 
 
 class RMSNorm(nn.RMSNorm):
-    """RMSNorm (Zhang & Sennrich 2019), LLaMA's norm: x / rms(x) * g, computed in float32 as LLaMA does."""
+    """RMSNorm (Zhang & Sennrich 2019), LLaMA's norm: x / rms(x) * g, half-precision inputs computed in float32 as
+    LLaMA does."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg.d_model, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype) if x.dtype != torch.float32 else super().forward(x)
+        return super().forward(x.float()).to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else super().forward(x)
 
     def init_weights(self, std: float) -> None:
         self.reset_parameters()

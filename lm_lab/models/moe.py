@@ -3,8 +3,11 @@
 Top-1 routing follows Switch Transformers (Fedus et al. 2021): the gate is the router probability. Top-2 follows
 GShard (Lepikhin et al. 2020): the two gates are renormalised to sum to one, and a token's first choice takes an
 expert's capacity before any token's second choice. Each expert takes at most
-ceil(capacity_factor * k * tokens / experts) assignments per batch, in token order; the rest are dropped (the
-token passes through the residual unchanged). Losses, both added to the training loss by the coefficients in the
+ceil(capacity_factor * k * tokens / experts) assignments per training micro-batch, in token order; the rest are
+dropped (the token passes through the residual unchanged). Dropping makes a token's output depend on the other
+tokens of its batch (a later token can take an earlier one's second-choice slot), so evaluation routes every token
+(no capacity limit, Switch's larger evaluation capacity taken to the limit): validation losses are causal and do
+not depend on how the validation set is batched. Losses, both added to the training loss by the coefficients in the
 config: Switch's load-balancing loss E * sum_i f_i P_i (eq. 4; minimum 1 at uniform routing), with f_i the share of
 assignments routed to expert i and P_i its mean router probability, and ST-MoE's router z-loss
 mean(logsumexp(logits)^2) (Zoph et al. 2022, eq. 5).
@@ -55,7 +58,7 @@ class MoE(nn.Module):
         gates, experts = probs.topk(self.cfg.moe_top_k, dim=-1)
         if self.cfg.moe_top_k > 1:
             gates = gates / gates.sum(dim=-1, keepdim=True)  # GShard: the top-2 gates sum to one
-        limit = capacity(self.cfg, x.shape[0])
+        limit = capacity(self.cfg, x.shape[0]) if self.training else None
         if limit is None:
             kept = torch.ones_like(experts, dtype=torch.bool)
         else:

@@ -1,0 +1,92 @@
+"""The architecture variants inside real (tiny) runs: exact resume, active parameters and MoE routing logs."""
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lm_lab.checkpoint import read_checkpoint
+from lm_lab.models import ModelConfig, active_param_count, next_token_loss, param_count
+from lm_lab.module import LMModule
+from lm_lab.optim import OptimizerConfig, SchedulerConfig
+from lm_lab.train import default_callbacks, fit
+from tests.test_fit import smoke
+
+# LLaMA-style with grouped-query attention, an untied head, DenseFormer's averaging and a top-2 MoE in the pattern
+VARIANT = ModelConfig.preset(
+    "llama_tiny",
+    n_layer=2,
+    d_model=32,
+    n_head=4,
+    n_kv_head=2,
+    block_size=128,
+    block_pattern="A,E",
+    moe_experts=4,
+    moe_expert_mlp="swiglu",
+    denseformer=True,
+)
+
+
+class Metrics(L.Callback):
+    """What the module logged at the last training step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.logged = {k: v.item() for k, v in trainer.callback_metrics.items()}
+        self.total, self.lm = outputs["loss"].item(), trainer.callback_metrics["train/loss"].item()
+
+
+def variant_run(cache_dir: Path, max_steps: int):
+    run = smoke(cache_dir, max_steps=max_steps, val_every=4)
+    return replace(run, model=VARIANT, scheduler=SchedulerConfig(name="constant", warmup_steps=2))
+
+
+def test_a_moe_denseformer_llama_run_logs_its_routing_and_resumes_exactly(tmp_path, cache_dir):
+    metrics = Metrics()
+    whole = fit(
+        variant_run(cache_dir, 8), tmp_path / "whole", callbacks=[metrics, *default_callbacks(tmp_path / "whole")]
+    )
+    model = whole.module.model_config  # with the tokenizer's vocabulary
+    assert whole.params == param_count(model) and whole.params_active == active_param_count(model)
+    assert whole.params_active < whole.params  # 2 of 4 experts per token
+    loads = [metrics.logged[f"moe/load_{e}"] for e in range(4)]
+    assert sum(loads) == pytest.approx(1.0) and 0.0 <= metrics.logged["moe/dropped"] < 1.0
+    assert metrics.logged["moe/balance"] >= 1.0 - 1e-6  # Switch's balance loss is at least 1
+    # training minimises cross-entropy + the weighted auxiliary losses; train/loss is the cross-entropy alone
+    aux = metrics.logged["train/aux_loss"]
+    assert aux > 0 and metrics.total == pytest.approx(metrics.lm + aux, rel=1e-6)
+    # stopped after the step-4 validation and resumed: the same run, bit for bit
+    fit(variant_run(cache_dir, 4), tmp_path / "resumed")
+    resumed = fit(variant_run(cache_dir, 8), tmp_path / "resumed")
+    assert resumed.starts == 2 and resumed.val_loss == whole.val_loss
+    a, b = (read_checkpoint(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("whole", "resumed"))
+    assert a["state_dict"].keys() == b["state_dict"].keys() and any("dwa.alphas" in k for k in a["state_dict"])
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+def test_validation_scores_the_cross_entropy_alone_and_training_adds_the_aux_loss():
+    module = LMModule(replace(VARIANT, vocab_size=97), OptimizerConfig(), SchedulerConfig(), max_steps=1)
+    module.configure_model()
+    batch = torch.randint(0, 97, (2, 17), generator=torch.Generator().manual_seed(0))
+    by_hand = F.cross_entropy(module.model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
+    aux = module.model.aux_loss()
+    assert aux is not None and aux.item() > 0
+    assert torch.equal(module.loss(batch), by_hand)
+    assert torch.equal(next_token_loss(module.model, batch).total, by_hand + aux)
+
+
+def test_lm_lab_count_reports_total_active_and_per_component_parameters(capsys):
+    from lm_lab.cli import main
+
+    assert main(["count", "--model", "hagele_124m", "--vocab-size", "50257", "mlp=moe", "moe_expert_mlp=swiglu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    parts = out["params_by_component"]
+    d, ff, layers = 768, 2048, 12  # 8 SwiGLU experts of 3 d ff each, top-2 active; embedding padded to 50304 rows
+    assert parts["experts"] == layers * 8 * 3 * d * ff and parts["routers"] == layers * d * 8
+    assert parts["embedding"] == 50304 * d and parts["positions"] == 0 and parts["head"] == 0  # RoPE, tied
+    assert out["params"] == sum(parts.values())
+    assert out["params"] - out["params_active"] == layers * 6 * 3 * d * ff
