@@ -43,7 +43,9 @@ class RMSNorm(nn.RMSNorm):
         super().__init__(cfg.d_model, eps=cfg.layer_norm_eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype) if x.dtype in (torch.float16, torch.bfloat16) else super().forward(x)
+        if x.dtype in (torch.float16, torch.bfloat16):
+            return super().forward(x.float()).to(x.dtype)
+        return super().forward(x)
 
     def init_weights(self, std: float) -> None:
         self.reset_parameters()
