@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_lab.checkpoint import read_checkpoint
-from lm_lab.models import ModelConfig, active_param_count, next_token_loss, param_count
+from lm_lab.models import GPT, ModelConfig, active_param_count, next_token_loss, param_count
 from lm_lab.module import LMModule
 from lm_lab.optim import OptimizerConfig, SchedulerConfig
 from lm_lab.train import default_callbacks, fit
@@ -90,3 +90,12 @@ def test_lm_lab_count_reports_total_active_and_per_component_parameters(capsys):
     assert parts["embedding"] == 50304 * d and parts["positions"] == 0 and parts["head"] == 0  # RoPE, tied
     assert out["params"] == sum(parts.values())
     assert out["params"] - out["params_active"] == layers * 6 * 3 * d * ff
+
+
+def test_an_expert_without_tokens_still_gets_a_gradient_as_ddp_requires():
+    """DDP (find_unused_parameters=False) fails when a parameter gets no gradient: idle experts get zeros."""
+    cfg = ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=50, block_pattern="A,E", moe_experts=8)
+    model = GPT(cfg)
+    next_token_loss(model, torch.randint(0, 50, (1, 3))).total.backward()  # 2 tokens x top-2: at most 4 experts
+    idle = [e for e in model.blocks[0].moe.experts if e.fc.weight.grad.abs().sum() == 0]
+    assert idle and all(p.grad is not None for p in model.parameters())

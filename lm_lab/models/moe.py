@@ -74,9 +74,9 @@ class MoE(nn.Module):
         logits, gates, experts, kept = self.route(x)
         out = torch.zeros_like(x)
         for e, expert in enumerate(self.experts):
+            # an expert without tokens still runs (on none): its gradients are zeros, not missing, as DDP wants
             token, choice = torch.where((experts == e) & kept)
-            if token.numel():
-                out.index_add_(0, token, expert(x[token]) * gates[token, choice, None].to(x.dtype))
+            out.index_add_(0, token, expert(x[token]) * gates[token, choice, None].to(x.dtype))
         load = F.one_hot(experts, self.cfg.moe_experts).sum(dim=(0, 1)).float() / experts.numel()  # f_i
         balance = self.cfg.moe_experts * (load * logits.softmax(dim=-1).mean(dim=0)).sum()
         z = torch.logsumexp(logits, dim=-1).square().mean()
