@@ -12,8 +12,8 @@ from callbacks import AveragedWeights
 from lm_lab.errors import ConfigError
 from lm_lab.models import GPT, ModelConfig
 from lm_lab.module import LMModule
-from lm_lab.optim import MuonWithAdamW, OptimizerConfig, SchedulerConfig, build_optimizer
-from lm_lab.optim.optimizers import muon_split
+from lm_lab.optim import MuonWithAdamW, OptimizerConfig, SchedulerConfig, SplitMuon, build_optimizer
+from lm_lab.optim.optimizers import muon_split, qkv_splits
 
 TINY = ModelConfig(n_layer=2, n_head=2, d_model=32, block_size=16, vocab_size=97)
 
@@ -44,7 +44,10 @@ def test_muon_with_adamw_equals_the_two_optimizers_and_restores_exactly():
     cfg = OptimizerConfig(name="muon", lr=2e-2)
     combined = build_optimizer(a, cfg)
     hidden, rest = muon_split(b)
-    muon = torch.optim.Muon(hidden, lr=2e-2, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw")
+    # q, k and v separate matrices (tests/test_optim_papers.py checks SplitMuon against torch.optim.Muon on each)
+    muon = SplitMuon(
+        hidden, splits=qkv_splits(b), lr=2e-2, weight_decay=0.1, momentum=0.95, adjust_lr_fn="match_rms_adamw"
+    )
     from lm_lab.optim import param_groups
 
     adamw = torch.optim.AdamW(param_groups(rest, 0.1), lr=2e-2, betas=(0.9, 0.95))

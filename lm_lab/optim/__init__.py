@@ -1,6 +1,13 @@
 """Optimizers, LR schedules (pure functions of the step) and their configs."""
 
-from lm_lab.optim.optimizers import HYPERPARAMETERS, MuonWithAdamW, OptimizerConfig, build_optimizer, param_groups
+from lm_lab.optim.optimizers import (
+    HYPERPARAMETERS,
+    MuonWithAdamW,
+    OptimizerConfig,
+    SplitMuon,
+    build_optimizer,
+    param_groups,
+)
 from lm_lab.optim.schedules import (
     Schedule,
     SchedulerConfig,
@@ -19,6 +26,7 @@ __all__ = [
     "OptimizerConfig",
     "Schedule",
     "SchedulerConfig",
+    "SplitMuon",
     "build_optimizer",
     "cooldown",
     "cosine",
