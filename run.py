@@ -16,7 +16,7 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
-from omegaconf.errors import MissingMandatoryValue
+from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
 
 from lm_lab.config import check_run_dir, register_schemas
 from lm_lab.errors import ConfigError
@@ -113,6 +113,13 @@ def main(cfg: DictConfig) -> float:
         sys.exit(2)
     except MissingMandatoryValue as e:  # a `???` in a config group, e.g. data=local without data.path
         report_errors([f"{e.full_key} is required (e.g. {e.full_key}=...)"])
+        remove_if_empty(Path(cfg.run_dir))
+        sys.exit(2)
+    except InterpolationResolutionError as e:  # a resolver's ConfigError (experiment=width_depth), a bad ${...}
+        cause = e
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__ or cause.__context__
+        report_errors(cause.problems if cause is not None else [hydra_error_line(e)])
         remove_if_empty(Path(cfg.run_dir))
         sys.exit(2)
     if results.failure:

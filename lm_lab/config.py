@@ -32,6 +32,9 @@ from lm_lab.errors import ConfigError, raise_if
 from lm_lab.models import ModelConfig
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, lr_multiplier
 from lm_lab.scaling.budget import BudgetConfig, budget_steps
+from lm_lab.scaling.width_depth import register_resolvers
+
+register_resolvers()  # ${lm_lab.width_for:...} in conf/experiment/width_depth.yaml, wherever a config is resolved
 
 
 def _positive_int(value) -> bool:

@@ -1131,6 +1131,41 @@ MUTANTS = [
         ("tests/test_optim_papers.py::test_muon_leaves_an_untied_head_to_adamw",),
         "an untied head goes to Muon",
     ),
+    M(
+        "width-depth-round-in-d",
+        "lm_lab/scaling/width_depth.py",
+        "best = min(candidates, key=lambda h: (abs(12 * (h * head_dim) ** 2 * n_layer - params), h))",
+        "best = max(1, round(heads))",
+        ("tests/test_width_depth.py::test_the_width_is_the_multiple_nearest_in_N_not_in_d",),
+        "width rounded in d, not in N",
+    ),
+    M(
+        "width-depth-miss-sign",
+        "lm_lab/scaling/width_depth.py",
+        "if abs(miss) > max_miss:",
+        "if miss > max_miss:",
+        (
+            "tests/test_width_depth.py::test_refusals_name_the_setting_and_the_fix",
+            "tests/test_width_depth.py::test_every_shape_holds_N_with_whole_heads",
+        ),
+        "shapes far below N accepted",
+    ),
+    M(
+        "width-depth-no-head-floor",
+        "lm_lab/scaling/width_depth.py",
+        "candidates = {max(1, math.floor(heads)), max(1, math.ceil(heads))}",
+        "candidates = {math.floor(heads), math.ceil(heads)}",
+        ("tests/test_width_depth.py::test_the_width_is_at_least_one_head",),
+        "zero heads allowed",
+    ),
+    M(
+        "dropout-attn-site-to-resid",
+        "conf/experiment/dropout.yaml",
+        'attn: {embd: 0.0, attn: "${dropout_study.p}", resid: 0.0}',
+        'attn: {embd: 0.0, attn: 0.0, resid: "${dropout_study.p}"}',
+        ("tests/test_width_depth.py::test_each_dropout_site_sets_its_three_probabilities",),
+        "dropout study's attn site drops the residual",
+    ),
 ]
 
 
