@@ -60,7 +60,8 @@ def test_formula_counts_equal_module_counts(path):
         assert param_count(cfg) == real_count(cfg)
         with torch.device("meta"):
             model = GPT(cfg)
-        embeddings = model.wte.weight.numel() + model.wpe.weight.numel()
+        vocabulary = [model.wte, getattr(model, "wpe", None), None if cfg.tie_embeddings else model.lm_head]
+        embeddings = sum(m.weight.numel() for m in vocabulary if m is not None)  # no wpe with RoPE; untied head
         assert non_embedding_params(cfg) == real_count(cfg) - embeddings
 
 

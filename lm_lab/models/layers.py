@@ -111,7 +111,18 @@ def causal_attention(q, k, v, dropout_p: float, scale: float | None = None) -> t
 ATTENTION = {"auto": causal_attention, "sdpa": sdpa_attention, "flash": flash_attention}
 
 
-class CausalSelfAttention(nn.Module):
+class ResidualBranch(nn.Module):
+    """A sublayer whose output `proj` writes into the residual stream: its Linears drawn at the base std, then
+    `proj` again at GPT-2's scaled std."""
+
+    def init_weights(self, std: float) -> None:
+        _init_linears(self, std)
+
+    def init_residual(self, std: float) -> None:
+        nn.init.normal_(self.proj.weight, mean=0.0, std=std)
+
+
+class CausalSelfAttention(ResidualBranch):
     """Multi-head causal self-attention with one fused q/k/v projection: `n_kv_head` < `n_head` is grouped-query
     attention (Ainslie et al. 2023), RoPE rotates q and k when given its tables."""
 
@@ -128,12 +139,6 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, q_rows + 2 * kv_rows, bias=cfg.bias)
         self.proj = nn.Linear(q_rows, cfg.d_model, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.resid_dropout)
-
-    def init_weights(self, std: float) -> None:
-        _init_linears(self, std)
-
-    def init_residual(self, std: float) -> None:
-        nn.init.normal_(self.proj.weight, mean=0.0, std=std)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -152,7 +157,7 @@ class CausalSelfAttention(nn.Module):
 # -- feed-forward ---------------------------------------------------------------------------------------------
 
 
-class MLP(nn.Module):
+class MLP(ResidualBranch):
     """GPT-2's MLP: proj(gelu(fc(x))), the tanh approximation of GELU as in GPT-2's code."""
 
     def __init__(self, cfg: ModelConfig):
@@ -162,17 +167,11 @@ class MLP(nn.Module):
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.resid_dropout)
 
-    def init_weights(self, std: float) -> None:
-        _init_linears(self, std)
-
-    def init_residual(self, std: float) -> None:
-        nn.init.normal_(self.proj.weight, mean=0.0, std=std)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(self.act(self.fc(x))))
 
 
-class SwiGLU(nn.Module):
+class SwiGLU(ResidualBranch):
     """SwiGLU feed-forward (Shazeer 2020; LLaMA): proj(silu(gate(x)) * up(x))."""
 
     def __init__(self, cfg: ModelConfig):
@@ -181,12 +180,6 @@ class SwiGLU(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.resid_dropout)
-
-    def init_weights(self, std: float) -> None:
-        _init_linears(self, std)
-
-    def init_residual(self, std: float) -> None:
-        nn.init.normal_(self.proj.weight, mean=0.0, std=std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.proj(F.silu(self.gate(x)) * self.up(x)))
