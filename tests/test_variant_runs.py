@@ -40,14 +40,14 @@ class Metrics(L.Callback):
 
 
 def variant_run(cache_dir: Path, max_steps: int):
-    run = smoke(cache_dir, max_steps=max_steps, val_every=4)
+    run = smoke(cache_dir, max_steps=max_steps, val_every=3, val_tokens=4096)
     return replace(run, model=VARIANT, scheduler=SchedulerConfig(name="constant", warmup_steps=2))
 
 
 def test_a_moe_denseformer_llama_run_logs_its_routing_and_resumes_exactly(tmp_path, cache_dir):
     metrics = Metrics()
     whole = fit(
-        variant_run(cache_dir, 8), tmp_path / "whole", callbacks=[metrics, *default_callbacks(tmp_path / "whole")]
+        variant_run(cache_dir, 6), tmp_path / "whole", callbacks=[metrics, *default_callbacks(tmp_path / "whole")]
     )
     model = whole.module.model_config  # with the tokenizer's vocabulary
     assert whole.params == param_count(model) and whole.params_active == active_param_count(model)
@@ -58,9 +58,9 @@ def test_a_moe_denseformer_llama_run_logs_its_routing_and_resumes_exactly(tmp_pa
     # training minimises cross-entropy + the weighted auxiliary losses; train/loss is the cross-entropy alone
     aux = metrics.logged["train/aux_loss"]
     assert aux > 0 and metrics.total == pytest.approx(metrics.lm + aux, rel=1e-6)
-    # stopped after the step-4 validation and resumed: the same run, bit for bit
-    fit(variant_run(cache_dir, 4), tmp_path / "resumed")
-    resumed = fit(variant_run(cache_dir, 8), tmp_path / "resumed")
+    # stopped after the step-3 validation and resumed: the same run, bit for bit
+    fit(variant_run(cache_dir, 3), tmp_path / "resumed")
+    resumed = fit(variant_run(cache_dir, 6), tmp_path / "resumed")
     assert resumed.starts == 2 and resumed.val_loss == whole.val_loss
     a, b = (read_checkpoint(tmp_path / d / "checkpoints" / "last.ckpt") for d in ("whole", "resumed"))
     assert a["state_dict"].keys() == b["state_dict"].keys() and any("dwa.alphas" in k for k in a["state_dict"])
