@@ -30,6 +30,7 @@ from lm_lab.models import (
     ModelConfig,
     active_param_count,
     chinchilla_flops_per_token,
+    component_flops_per_token,
     component_params,
     flops_per_token,
     non_embedding_params,
@@ -61,6 +62,7 @@ def count(args: argparse.Namespace) -> dict:
         "seq_len": seq_len,
         "flops_per_token": flops_per_token(cfg, seq_len),
         "flops_per_token_chinchilla": chinchilla_flops_per_token(cfg, seq_len),
+        "flops_per_token_by_component": component_flops_per_token(cfg, seq_len),
     }
 
 

@@ -90,6 +90,10 @@ def test_lm_lab_count_reports_total_active_and_per_component_parameters(capsys):
     assert parts["embedding"] == 50304 * d and parts["positions"] == 0 and parts["head"] == 0  # RoPE, tied
     assert out["params"] == sum(parts.values())
     assert out["params"] - out["params_active"] == layers * 6 * 3 * d * ff
+    flops = out["flops_per_token_by_component"]  # 6 x active parameters per component, + the attention scores
+    assert sum(flops.values()) == out["flops_per_token"]
+    assert flops["experts"] == 6 * layers * 2 * 3 * d * ff and flops["head"] == 6 * 50304 * d
+    assert flops["attention_scores"] == 12 * layers * 512 * d
 
 
 def test_an_expert_without_tokens_still_gets_a_gradient_as_ddp_requires():

@@ -4,6 +4,7 @@ from lm_lab.models.config import ModelConfig
 from lm_lab.models.counting import (
     active_param_count,
     chinchilla_flops_per_token,
+    component_flops_per_token,
     component_params,
     embedding_params,
     flops_per_token,
@@ -15,6 +16,7 @@ from lm_lab.models.loss import Loss, next_token_loss
 
 __all__ = [
     "active_param_count",
+    "component_flops_per_token",
     "component_params",
     "GPT",
     "Loss",

@@ -92,6 +92,16 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     return 6 * n_matmul + 12 * n_attn * seq_len * cfg.n_head * cfg.head_dim
 
 
+def component_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:
+    """`flops_per_token` split by component: 6 x the active parameters each multiplies a token by (the output head
+    once, tied or not), plus `attention_scores` (QK^T and AV). The values sum to `flops_per_token`."""
+    parts = component_params(cfg, active=True)
+    out = {k: 6 * v for k, v in parts.items() if k not in VOCABULARY}
+    out["head"] = 6 * cfg.padded_vocab_size * cfg.d_model
+    out["attention_scores"] = 12 * cfg.n_layer * cfg.layer_kinds().count("A") * seq_len * cfg.n_head * cfg.head_dim
+    return out
+
+
 def chinchilla_flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
     """Training FLOPs per token counted op by op as in Hoffmann et al. 2022, Appendix F (biases, norms and
     DenseFormer's averages ignored), with Hägele et al.'s extensions (epfml/schedules-and-scaling flops.ipynb):
