@@ -160,9 +160,17 @@ def check_compatible(path: Path, ckpt: dict, run) -> None:
             for k, v in saved_model.items()
             if k in mine and k != "name" and v != mine[k]
         ] + problems
+    else:  # same shapes: fields that change the model without changing a shape still must agree
+        problems = architecture_problems(saved.get("model", {}), run.model)
     saved_optimizer = saved.get("optimizer", {}).get("name")
     if saved_optimizer is not None and saved_optimizer != run.optimizer.name:
         problems.append(f"optimizer.name: checkpoint {saved_optimizer!r}, this run {run.optimizer.name!r}")
+    saved_decay = saved.get("optimizer", {}).get("decay_embeddings", True)  # older checkpoints decayed embeddings
+    if saved.get("optimizer") and saved_decay != run.optimizer.decay_embeddings:
+        problems.append(
+            f"optimizer.decay_embeddings: checkpoint {saved_decay!r}, this run {run.optimizer.decay_embeddings!r} "
+            f"(the parameter groups differ)"
+        )
     saved_data = ckpt.get("LMDataModule", {})
     identity = {
         "data": run.data.name,
@@ -185,6 +193,37 @@ def check_compatible(path: Path, ckpt: dict, run) -> None:
             f"checkpoint {path} does not fit this run ({'; '.join(problems)}); resume with the settings it was "
             f"trained with, or start afresh in another hydra.run.dir (or with ckpt_path=null)"
         )
+
+
+# ModelConfig fields that change what the model computes while keeping every tensor's shape
+ARCHITECTURE = (
+    "norm",
+    "mlp",
+    "positions",
+    "rope_theta",
+    "tie_embeddings",
+    "attn_scale_by_layer",
+    "block_pattern",
+    "denseformer",
+    "moe_top_k",
+    "moe_capacity_factor",
+    "moe_expert_mlp",
+    "moe_balance_coef",
+    "moe_z_coef",
+)
+
+
+def architecture_problems(saved_model: dict, model: ModelConfig) -> list[str]:
+    """The architecture fields where a checkpoint's model (missing fields: their defaults, as older checkpoints
+    were written before the field existed) and this run's differ."""
+    if not saved_model:
+        return []
+    defaults, mine = ModelConfig.__dataclass_fields__, asdict(model)
+    return [
+        f"model.{k}: checkpoint {saved_model.get(k, defaults[k].default)!r}, this run {mine[k]!r}"
+        for k in ARCHITECTURE
+        if saved_model.get(k, defaults[k].default) != mine[k]
+    ]
 
 
 def check_fork_optimizer(path: Path, ckpt: dict, optimizer: OptimizerConfig, allow: bool = False) -> None:
@@ -217,6 +256,11 @@ def start_weights(init, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
     if fn is not None:
         state = fn(state, source_cfg, model_cfg)
     problems = tensor_problems(model_shapes(model_cfg), state)
+    if not problems and model_cfg.tie_embeddings and not torch.equal(state["wte.weight"], state["lm_head.weight"]):
+        problems.append(  # a tied model would load the head over the embedding: one of the two would be lost
+            "lm_head.weight differs from wte.weight (the source's head is untied) but this model ties them: set "
+            "model.tie_embeddings=false, or map one onto the other with init.map"
+        )
     if problems:
         how = f"init.map={init.map!r}" if fn is not None else "no init.map (weights as they are)"
         raise ConfigError(

@@ -1166,6 +1166,38 @@ MUTANTS = [
         ("tests/test_width_depth.py::test_each_dropout_site_sets_its_three_probabilities",),
         "dropout study's attn site drops the residual",
     ),
+    M(
+        "resume-ignores-architecture",
+        "lm_lab/checkpoint.py",
+        'problems = architecture_problems(saved.get("model", {}), run.model)',
+        "problems = []",
+        ("tests/test_variant_runs.py::test_a_resume_refuses_architecture_and_decay_changes_that_keep_every_shape",),
+        "a resume with another norm/positions/tying/routing continues silently",
+    ),
+    M(
+        "resume-ignores-decay-rule",
+        "lm_lab/checkpoint.py",
+        'if saved.get("optimizer") and saved_decay != run.optimizer.decay_embeddings:',
+        "if False:",
+        ("tests/test_variant_runs.py::test_a_resume_refuses_architecture_and_decay_changes_that_keep_every_shape",),
+        "a resume with another decay rule crashes inside torch",
+    ),
+    M(
+        "untied-over-tied",
+        "lm_lab/checkpoint.py",
+        "if not problems and model_cfg.tie_embeddings and not torch.equal(",
+        "if False and not torch.equal(",
+        ("tests/test_variant_runs.py::test_an_untied_head_is_never_loaded_over_a_tied_models_embedding",),
+        "an untied head silently overwrites a tied embedding",
+    ),
+    M(
+        "router-half-precision",
+        "lm_lab/models/moe.py",
+        "with torch.autocast(x.device.type, enabled=False):",
+        "with torch.autocast(x.device.type):",
+        ("tests/test_architectures.py::test_router_and_denseformer_averages_stay_float32_under_bf16_autocast",),
+        "the router runs in bf16 under autocast",
+    ),
 ]
 
 

@@ -803,3 +803,24 @@ def test_parity_with_huggingface_gpt2_scaled_by_inverse_layer():
         expected = hf(idx).logits
         torch.testing.assert_close(ours(idx), expected, rtol=0, atol=PARITY_TOL)
         assert (plain(idx) - expected).abs().amax() > 1e-3
+
+
+def test_router_and_denseformer_averages_stay_float32_under_bf16_autocast():
+    """ST-MoE's selective precision: the router in float32; DWA's running sum is no matmul, so the residual stream
+    it returns keeps float32 (an einsum over a stack would run in bf16 under autocast)."""
+    moe = MoE(tiny(**MOE))
+    x = torch.randn(12, moe.cfg.d_model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = moe.route(x)[0]
+        model = GPT(tiny(n_layer=3, denseformer=True))
+        with torch.no_grad():
+            for alpha in model.dwa.alphas.values():
+                alpha.uniform_()
+            outputs = [torch.randn(2, 4, model.config.d_model) for _ in range(4)]
+            averaged = model.dwa(outputs, 2)
+    assert logits.dtype == torch.float32 and torch.equal(logits, x @ moe.router.weight.t())
+    alpha = model.dwa.alphas["2"]
+    assert averaged.dtype == torch.float32
+    torch.testing.assert_close(
+        averaged, sum(a * outputs[j] for a, j in zip(alpha, range(4), strict=True)), rtol=0, atol=1e-6
+    )

@@ -1,7 +1,8 @@
 """The architecture variants inside real (tiny) runs: exact resume, active parameters and MoE routing logs."""
 
 import json
-from dataclasses import replace
+import re
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import lightning as L
@@ -9,7 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm_lab.checkpoint import read_checkpoint
+from lm_lab.checkpoint import ARCHITECTURE, check_compatible, read_checkpoint, start_weights
+from lm_lab.config import InitConfig
+from lm_lab.errors import ConfigError
 from lm_lab.models import GPT, ModelConfig, active_param_count, next_token_loss, param_count
 from lm_lab.module import LMModule
 from lm_lab.optim import OptimizerConfig, SchedulerConfig
@@ -103,3 +106,49 @@ def test_an_expert_without_tokens_still_gets_a_gradient_as_ddp_requires():
     next_token_loss(model, torch.randint(0, 50, (1, 3))).total.backward()  # 2 tokens x top-2: at most 4 experts
     idle = [e for e in model.blocks[0].moe.experts if e.fc.weight.grad.abs().sum() == 0]
     assert idle and all(p.grad is not None for p in model.parameters())
+
+
+def fake_checkpoint(path: Path, cfg: ModelConfig, model: GPT, **optimizer) -> Path:
+    """The parts of a lab checkpoint that the start-from checks read."""
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    hyper = {"model": asdict(cfg), "optimizer": {"name": "adamw", **optimizer}}
+    torch.save(
+        {"state_dict": state, "global_step": 1, "loops": {}, "optimizer_states": [], "hyper_parameters": hyper}, path
+    )
+    return path
+
+
+def test_an_untied_head_is_never_loaded_over_a_tied_models_embedding(tmp_path):
+    untied = ModelConfig(n_layer=1, n_head=2, d_model=16, block_size=8, vocab_size=64, tie_embeddings=False)
+    path = fake_checkpoint(tmp_path / "untied.ckpt", untied, GPT(untied))
+    tied = replace(untied, tie_embeddings=True)
+    with pytest.raises(ConfigError, match="lm_head.weight differs from wte.weight .* set model.tie_embeddings=false"):
+        start_weights(InitConfig(name="weights", path=str(path)), tied)
+    assert start_weights(InitConfig(name="weights", path=str(path)), untied).keys() == GPT(untied).state_dict().keys()
+    path = fake_checkpoint(tmp_path / "tied.ckpt", tied, GPT(tied))  # a tied source into a tied model is fine
+    assert torch.equal(
+        *(start_weights(InitConfig(name="weights", path=str(path)), tied)[k] for k in ("wte.weight", "lm_head.weight"))
+    )
+
+
+def test_a_resume_refuses_architecture_and_decay_changes_that_keep_every_shape(tmp_path, cache_dir):
+    run = variant_run(cache_dir, 6)
+    run = replace(run, model=replace(run.model, vocab_size=4096))
+    path = fake_checkpoint(tmp_path / "last.ckpt", run.model, GPT(run.model), decay_embeddings=True)
+    ckpt = torch.load(path, weights_only=True)
+    check_compatible(path, ckpt, run)  # the same settings: fine
+    for change, field in [
+        ({"positions": "none"}, "model.positions: checkpoint 'rope', this run 'none'"),
+        ({"tie_embeddings": True}, "model.tie_embeddings: checkpoint False, this run True"),
+        ({"moe_top_k": 1}, "model.moe_top_k: checkpoint 2, this run 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(field)):
+            check_compatible(path, ckpt, replace(run, model=replace(run.model, **change)))
+    with pytest.raises(ConfigError, match="optimizer.decay_embeddings: checkpoint True, this run False"):
+        check_compatible(path, ckpt, replace(run, optimizer=replace(run.optimizer, decay_embeddings=False)))
+    # a checkpoint written before these fields existed holds GPT-2's defaults: a GPT-2 run continues it
+    gpt2 = replace(run, model=ModelConfig.preset("gpt2_tiny", n_layer=2, n_head=2, d_model=32, vocab_size=4096))
+    old = {k: v for k, v in asdict(gpt2.model).items() if k not in ARCHITECTURE}
+    ckpt = torch.load(fake_checkpoint(tmp_path / "old.ckpt", gpt2.model, GPT(gpt2.model)), weights_only=True)
+    ckpt["hyper_parameters"]["model"] = old  # and no optimizer.decay_embeddings either
+    check_compatible(path, ckpt, gpt2)

@@ -173,8 +173,20 @@ class ModelConfig:
                 f"model.block_pattern={self.block_pattern!r} must be comma-separated letters from "
                 f"{sorted(LAYER_KINDS)} (A attention, F feed-forward, E mixture of experts), e.g. 'A,F' or 'A,E,F,E,F,E'"
             )
+        if self.denseformer and isinstance(self.n_layer, int):
+            if isinstance(self.dwa_period, int) and self.dwa_period > self.n_layer:
+                problems.append(
+                    f"model.dwa_period={self.dwa_period} exceeds model.n_layer={self.n_layer}: no block would average"
+                )
+            if isinstance(self.dwa_dilation, int) and self.dwa_dilation > self.n_layer + 1:
+                problems.append(
+                    f"model.dwa_dilation={self.dwa_dilation} must be at most n_layer + 1 = {self.n_layer + 1}"
+                )
         if self.has_moe():
-            if isinstance(self.moe_experts, int) and not 1 <= self.moe_top_k <= min(2, self.moe_experts):
+            top_k_ok = isinstance(self.moe_top_k, int) and not isinstance(self.moe_top_k, bool)
+            if not top_k_ok or (
+                isinstance(self.moe_experts, int) and not 1 <= self.moe_top_k <= min(2, self.moe_experts)
+            ):
                 problems.append(f"model.moe_top_k={self.moe_top_k!r} must be 1 or 2 (and at most moe_experts)")
             cf = self.moe_capacity_factor
             if cf is not None and not (isinstance(cf, int | float) and cf > 0):

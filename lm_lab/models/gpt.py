@@ -97,9 +97,14 @@ class DepthWeightedAverage(nn.Module):
     def forward(self, outputs: list[torch.Tensor], i: int) -> torch.Tensor:
         if not self.applies(i):
             return outputs[-1]
-        xs = [outputs[j] for j in self.sources(i)]
-        alpha = self.alphas[str(i)].to(xs[0].dtype)
-        return torch.einsum("j,j...->...", alpha, torch.stack(xs))
+        # a running sum, not einsum over a stack: no copy of every earlier output is saved for backward, and no
+        # matmul for autocast to run in half precision
+        alpha = self.alphas[str(i)]
+        out = None
+        for a, j in zip(alpha, self.sources(i), strict=True):
+            term = a * outputs[j]
+            out = term if out is None else out + term
+        return out
 
 
 class GPT(nn.Module):

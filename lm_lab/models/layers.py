@@ -91,8 +91,8 @@ def _use_flash_attn(q: torch.Tensor) -> bool:
 def sdpa_attention(q, k, v, dropout_p: float, scale: float | None = None) -> torch.Tensor:
     """Causal softmax attention over (B, H, T, D) tensors with PyTorch's fused kernels; k and v may have fewer
     heads (grouped-query attention)."""
-    gqa = k.shape[1] != q.shape[1]
-    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, enable_gqa=gqa)
+    gqa = {"enable_gqa": True} if k.shape[1] != q.shape[1] else {}  # torch >= 2.5; plain attention runs on 2.4
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale, **gqa)
 
 
 def flash_attention(q, k, v, dropout_p: float, scale: float | None = None) -> torch.Tensor:

@@ -53,7 +53,8 @@ class MoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(N, C) tokens -> router logits (N, E) in float32, gates (N, k), experts (N, k) and kept (N, k)."""
-        logits = self.router(x).float()
+        with torch.autocast(x.device.type, enabled=False):  # the router in float32 (ST-MoE's selective precision)
+            logits = F.linear(x.float(), self.router.weight.float())
         probs = logits.softmax(dim=-1)
         gates, experts = probs.topk(self.cfg.moe_top_k, dim=-1)
         if self.cfg.moe_top_k > 1:
