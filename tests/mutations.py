@@ -388,8 +388,8 @@ MUTANTS = [
     M(
         "flops-attn-term",
         "lm_lab/models/counting.py",
-        "return 6 * n_matmul + 12 * n_attn * seq_len * cfg.n_head * cfg.head_dim",
-        "return 6 * n_matmul + 6 * n_attn * seq_len * cfg.n_head * cfg.head_dim",
+        'out["attention_scores"] = 12 * cfg.n_layer',
+        'out["attention_scores"] = 6 * cfg.n_layer',
         ("tests/test_models.py::test_flops_per_token_formula",),
         "attention FLOPs halved",
     ),

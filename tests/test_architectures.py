@@ -186,7 +186,7 @@ def test_denseformer_sources_follow_the_reference(n_layer, dilation, period, sou
     with torch.device("meta"):
         model = GPT(cfg)
     assert {int(k): len(a) for k, a in model.dwa.alphas.items()} == {i: len(s) for i, s in sources.items()}
-    assert {i: list(model.dwa.sources(i)) for i in sources} == sources
+    assert {i: list(model.config.dwa_sources(i)) for i in sources} == sources
     assert {i: len(s) for i, s in sources.items()} == {i: (i + 1 + dilation) // dilation for i in sources}
     assert component_params(cfg)["denseformer"] == sum(len(s) for s in sources.values())
 

@@ -154,15 +154,6 @@ def test_the_width_depth_sweep_trains_each_shape_and_logs_its_count(caplog):
     assert "n_layer=24 d_model=512 n_head=8, 12·d²·L = 75,497,472 (-11.18%)" in caplog.text
 
 
-def test_the_width_depth_cpu_command_composes_each_point():
-    points = sweep_points("width_depth", header_command("width_depth"))
-    shapes_ = [(p["model"]["n_layer"], p["model"]["d_model"], p["model"]["n_head"]) for _, p in points]
-    assert shapes_ == [(2, 96, 6), (4, 64, 4), (8, 48, 3)]
-    for _, plain in points:
-        run = derived(plain)
-        assert (run.trainer.accelerator, run.tokenizer.name, run.train.max_steps) == ("cpu", "bytes", 20)
-
-
 def test_a_width_depth_target_too_small_is_refused_when_resolved():
     cfg = compose(["experiment=width_depth", "width_depth.target_params=1e3"])
     with pytest.raises(InterpolationResolutionError, match=r"misses N = 1,000 by"):
@@ -189,15 +180,23 @@ def test_each_dropout_site_sets_its_three_probabilities(args, p):
         assert (model.embd_dropout, model.attn_dropout, model.resid_dropout) == tuple(p * on for on in SITES[site])
 
 
-def test_the_dropout_cpu_command_composes_each_point():
-    points = sweep_points("dropout", header_command("dropout"))
-    assert [site for site, _ in points] == list(SITES)
-    for _, plain in points:
-        run = derived(plain)
-        assert (run.model.name, run.trainer.accelerator, run.train.max_steps) == ("gpt2_tiny", "cpu", 20)
-
-
 def test_an_unknown_dropout_site_is_an_error():
     cfg = compose(["experiment=dropout", "dropout_study.site=emb"])
     with pytest.raises(InterpolationKeyError, match=r"dropout_study\.sites\.emb"):
         OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize(
+    ("experiment", "points_are"),
+    [
+        ("width_depth", lambda p: (p["model"]["n_layer"], p["model"]["d_model"], p["model"]["n_head"])),
+        ("dropout", lambda p: p["dropout_study"]["site"]),
+    ],
+)
+def test_each_headers_cpu_command_composes_every_point_as_a_short_cpu_run(experiment, points_are):
+    points = sweep_points(experiment, header_command(experiment))
+    expected = {"width_depth": [(2, 96, 6), (4, 64, 4), (8, 48, 3)], "dropout": list(SITES)}[experiment]
+    assert [points_are(plain) for _, plain in points] == expected
+    for _, plain in points:
+        run = derived(plain)
+        assert (run.trainer.accelerator, run.train.max_steps) == ("cpu", 20)

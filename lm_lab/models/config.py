@@ -204,6 +204,13 @@ class ModelConfig:
     def has_moe(self) -> bool:
         return "E" in self.layer_kinds()
 
+    def dwa_sources(self, i: int) -> range:
+        """DenseFormer: the outputs X_j averaged after block i (X_0 the embeddings), as the authors' DWAModules:
+        none unless (i + 1) % dwa_period == 0, else j = i + 1 (mod dwa_dilation) for j <= i + 1."""
+        if not self.denseformer or (i + 1) % self.dwa_period:
+            return range(0)
+        return range((i + 1) % self.dwa_dilation, i + 2, self.dwa_dilation)
+
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:
         """A named size (`gpt2_tiny`, `gpt2_small`, `gpt2_medium`, ...), as `model=NAME` builds it, with overrides."""

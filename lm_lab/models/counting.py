@@ -32,13 +32,7 @@ def component_params(cfg: ModelConfig, active: bool = False) -> dict[str, int]:
     kinds = cfg.layer_kinds()
     n_attn, n_dense, n_moe = (cfg.n_layer * kinds.count(k) for k in ("A", "F", "E"))
     experts = cfg.moe_top_k if active else cfg.moe_experts
-    dwa = 0
-    if cfg.denseformer:  # one weight per averaged output (see DepthWeightedAverage)
-        dwa = sum(
-            len(range((i + 1) % cfg.dwa_dilation, i + 2, cfg.dwa_dilation))
-            for i in range(cfg.n_layer)
-            if (i + 1) % cfg.dwa_period == 0
-        )
+    dwa = sum(len(cfg.dwa_sources(i)) for i in range(cfg.n_layer))  # one weight per averaged output
     return {
         "embedding": cfg.padded_vocab_size * cfg.d_model,
         "positions": cfg.block_size * cfg.d_model if cfg.positions == "learned" else 0,
@@ -87,9 +81,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> int:
     multiplied by: the active non-embedding parameters (k experts, the routers) and the output head; the embedding
     lookups cost no matmul. Equal to nanoGPT's `estimate_mfu` count for GPT-2.
     """
-    n_matmul = non_embedding_params(cfg, active=True) + cfg.padded_vocab_size * cfg.d_model
-    n_attn = cfg.n_layer * cfg.layer_kinds().count("A")
-    return 6 * n_matmul + 12 * n_attn * seq_len * cfg.n_head * cfg.head_dim
+    return sum(component_flops_per_token(cfg, seq_len).values())
 
 
 def component_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, int]:

@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from lm_lab.models.config import ModelConfig
-from lm_lab.models.layers import ATTENTION, FEED_FORWARD, NORMS, CausalSelfAttention, rotary_tables
+from lm_lab.models.layers import FEED_FORWARD, NORMS, CausalSelfAttention, rotary_tables
 from lm_lab.models.moe import MoE
-
-__all__ = ["ATTENTION", "GPT", "Block"]
 
 SUBLAYER_NAMES = {"A": "attn", "F": "mlp", "E": "moe"}
 
@@ -33,7 +31,6 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.layer_idx = layer_idx
         self.sublayers: list[tuple[str, str]] = []  # (norm name, module name) in order
         seen: dict[str, int] = {}
         for i, kind in enumerate(cfg.layer_kinds()):
@@ -77,17 +74,10 @@ class DepthWeightedAverage(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.dilation, self.period = cfg.dwa_dilation, cfg.dwa_period
+        self.cfg = cfg
         self.alphas = nn.ParameterDict(
-            {str(i): nn.Parameter(torch.empty(len(self.sources(i)))) for i in range(cfg.n_layer) if self.applies(i)}
+            {str(i): nn.Parameter(torch.empty(len(js))) for i in range(cfg.n_layer) if (js := cfg.dwa_sources(i))}
         )
-
-    def applies(self, i: int) -> bool:
-        return (i + 1) % self.period == 0
-
-    def sources(self, i: int) -> range:
-        """Indices j of the outputs X_j averaged after block i."""
-        return range((i + 1) % self.dilation, i + 2, self.dilation)
 
     def init_weights(self, std: float) -> None:
         for alpha in self.alphas.values():
@@ -95,13 +85,13 @@ class DepthWeightedAverage(nn.Module):
             alpha.data[-1] = 1.0
 
     def forward(self, outputs: list[torch.Tensor], i: int) -> torch.Tensor:
-        if not self.applies(i):
+        if not self.cfg.dwa_sources(i):
             return outputs[-1]
         # a running sum, not einsum over a stack: no copy of every earlier output is saved for backward, and no
         # matmul for autocast to run in half precision
         alpha = self.alphas[str(i)]
         out = None
-        for a, j in zip(alpha, self.sources(i), strict=True):
+        for a, j in zip(alpha, self.cfg.dwa_sources(i), strict=True):
             term = a * outputs[j]
             out = term if out is None else out + term
         return out
