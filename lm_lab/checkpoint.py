@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lm_lab.errors import ConfigError
+from lm_lab.inherit.surgery import every_other, half_width, hybrid_stack, inherit, stack
 from lm_lab.models import GPT, ModelConfig
 from lm_lab.optim import OptimizerConfig
 
@@ -109,14 +110,17 @@ def model_state(ckpt: dict) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
-def tensor_problems(expected: dict[str, torch.Size], found: dict[str, torch.Tensor], limit: int = 6) -> list[str]:
-    """Missing, unexpected and mismatched tensors of `found` against the shapes a model expects, named."""
+def tensor_problems(
+    expected: dict[str, torch.Size], found: dict[str, torch.Tensor], limit: int = 6, partial: bool = False
+) -> list[str]:
+    """Missing, unexpected and mismatched tensors of `found` against the shapes a model expects, named;
+    `partial`: tensors may be missing (they keep the model's fresh initialisation)."""
 
     def names(keys: list[str]) -> str:
         more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
         return ", ".join(keys[:limit]) + more
 
-    missing = [k for k in expected if k not in found]
+    missing = [] if partial else [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
     mismatched = [
         f"{k} {tuple(found[k].shape)} vs {tuple(v)}" for k, v in expected.items() if k in found and found[k].shape != v
@@ -248,27 +252,73 @@ def _list(value) -> list:
 
 
 def start_weights(init, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """`init=weights`: the model weights of the checkpoint at `init.path`, mapped by `init.map` onto the model
-    `model_cfg` builds, and checked to fit it exactly (a ConfigError names every tensor that does not)."""
-    path = Path(init.path).expanduser()
-    source_cfg, state = read_model_state(path)
-    fn = init.map_fn()
-    if fn is not None:
-        state = fn(state, source_cfg, model_cfg)
-    problems = tensor_problems(model_shapes(model_cfg), state)
-    if not problems and model_cfg.tie_embeddings and not torch.equal(state["wte.weight"], state["lm_head.weight"]):
+    """The starting weights of an `init=weights` or weight-surgery run (see `InitConfig`) for the model `model_cfg`
+    builds, checked against it: a ConfigError names every unknown or mismatched tensor (and, for `weights`
+    without `init.map`, every missing one). A surgery or a map may leave tensors out: they keep their init."""
+    if init.name == "weights":
+        path = Path(init.path).expanduser()
+        source_cfg, state = read_source(path)
+        fn = init.map_fn()
+        if fn is not None:
+            state = fn(state, source_cfg, model_cfg)
+        how = f"init.map={init.map!r}" if fn is not None else "no init.map (weights as they are)"
+        what = f"the weights of {path} ({source_cfg.name}: {source_cfg.n_layer} layers, d_model {source_cfg.d_model})"
+        partial = fn is not None
+    else:
+        state = surgery_weights(init, model_cfg)
+        what, how, partial = f"the weights init={init.name} makes", "its surgery", True
+    expected = model_shapes(model_cfg)
+    problems = tensor_problems(expected, state, partial=partial)
+    tied = model_cfg.tie_embeddings and {"wte.weight", "lm_head.weight"} <= state.keys()
+    if not problems and tied and not torch.equal(state["wte.weight"], state["lm_head.weight"]):
         problems.append(  # a tied model would load the head over the embedding: one of the two would be lost
             "lm_head.weight differs from wte.weight (the source's head is untied) but this model ties them: set "
             "model.tie_embeddings=false, or map one onto the other with init.map"
         )
     if problems:
-        how = f"init.map={init.map!r}" if fn is not None else "no init.map (weights as they are)"
         raise ConfigError(
-            f"the weights of {path} ({source_cfg.name}: {source_cfg.n_layer} layers, d_model {source_cfg.d_model}) "
-            f"do not fit this model ({model_cfg.n_layer} layers, d_model {model_cfg.d_model}) with {how}: "
+            f"{what} do not fit this model ({model_cfg.n_layer} layers, d_model {model_cfg.d_model}) with {how}: "
             + "; ".join(problems)
         )
+    shared = model_cfg.tie_embeddings and "wte.weight" in state  # the tied head is the embedding's tensor
+    fresh = [k for k in expected if k not in state and not (shared and k == "lm_head.weight")]
+    sources = " and ".join(p for p in (init.path, init.reference) if p)
+    log.info(
+        "init=%s: starting from %d tensors of %s and %d fresh ones (a fresh optimizer, step 0)",
+        init.name,
+        len(expected) - len(fresh),
+        sources,
+        len(fresh),
+    )
     return state
+
+
+def surgery_weights(init, model_cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """The (partial) state dict a weight-surgery init gives `model_cfg`, from `init.path` and `init.reference`."""
+    if init.name == "stacking":
+        source_cfg, state = read_source(init.path)
+        return stack(state, source_cfg, model_cfg)
+    ref_cfg, ref = read_source(init.reference)
+    if init.name == "inheritune" and init.path:  # Algorithm 1's grow step: the trained target, then ref's blocks
+        source_cfg, state = read_source(init.path)
+        return inherit(state, source_cfg, model_cfg, init.modules, reference=(ref, ref_cfg))
+    if init.name == "inheritune":
+        return inherit(ref, ref_cfg, model_cfg, init.modules)
+    if init.name == "hybrid_stacking":
+        return hybrid_stack(ref, ref_cfg, model_cfg)
+    if init.name == "half_width":
+        return half_width(ref, ref_cfg, model_cfg)
+    if init.name == "every_other":
+        return every_other(ref, ref_cfg, model_cfg)
+    raise ConfigError(f"init={init.name} is not a weight surgery")
+
+
+def read_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and weights of a source model for `init=weights` and the surgeries: a lab checkpoint file, a
+    lab run directory or a local Hugging Face folder (GPT-2 or LLaMA, lm_lab/hf.py)."""
+    from lm_lab.hf import is_hf_folder, read_hf  # (lazily: hf.py imports this module)
+
+    return read_hf(path) if is_hf_folder(path) else read_model_state(path)
 
 
 def read_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
 from lm_lab.checkpoint import rng_state, set_rng_state
+from lm_lab.errors import ConfigError
 from lm_lab.guards import NonFiniteError
 from lm_lab.models import GPT, ModelConfig, flops_per_token, next_token_loss
 from lm_lab.optim import HYPERPARAMETERS, OptimizerConfig, Schedule, SchedulerConfig, build_optimizer, lr_multiplier
@@ -89,18 +90,25 @@ class LMModule(L.LightningModule):
         if self.model is not None:
             return
         self.model = GPT(self.model_config)
-        if self._start_weights is not None:  # init=weights: checked against this model's tensors already
-            self.model.load_state_dict(self._start_weights)
-            self._start_weights = None
+        if self._start_weights is not None:  # init=weights or a surgery: checked against this model already
+            self._load_start_weights()
         if self._compile:
             self.model.compile()  # in place: parameter names (and checkpoints) are unchanged
 
     def start_from(self, weights: dict[str, torch.Tensor]) -> None:
-        """Start from these model weights (init=weights) instead of a fresh initialisation."""
+        """Start from these model weights (init=weights, a weight surgery) instead of a fresh initialisation;
+        tensors absent keep their fresh initialisation, an unknown one is refused."""
         self._start_weights = weights
         if self.model is not None:
-            self.model.load_state_dict(weights)
-            self._start_weights = None
+            self._load_start_weights()
+
+    def _load_start_weights(self) -> None:
+        unexpected = sorted(self._start_weights.keys() - self.model.state_dict().keys())
+        if unexpected:  # checked before loading: nothing is half-loaded
+            raise ConfigError(f"the starting weights have tensors this model does not: {', '.join(unexpected[:6])}")
+        # copies into the parameters (a shape mismatch still raises): a tied head stays the embedding's tensor
+        self.model.load_state_dict(self._start_weights, strict=False)
+        self._start_weights = None
 
     def flops_per_token(self, seq_len: int) -> int:
         return flops_per_token(self.model_config, seq_len)
