@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lm_lab.errors import ConfigError
+from lm_lab.hf import hf_to_lab
 from lm_lab.models import (
     GPT,
     ModelConfig,
@@ -752,24 +753,7 @@ def hf_llama_and_ours():
         rope_theta=10000.0,
     )
     ours = GPT(cfg).double().eval()
-    sd = hf.state_dict()
-    state = {
-        "wte.weight": sd["model.embed_tokens.weight"],
-        "ln_f.weight": sd["model.norm.weight"],
-        "lm_head.weight": sd["lm_head.weight"],
-    }
-    for i in range(cfg.n_layer):
-        theirs = f"model.layers.{i}."
-        state |= {
-            f"blocks.{i}.ln_1.weight": sd[theirs + "input_layernorm.weight"],
-            f"blocks.{i}.attn.qkv.weight": torch.cat([sd[theirs + f"self_attn.{p}_proj.weight"] for p in "qkv"]),
-            f"blocks.{i}.attn.proj.weight": sd[theirs + "self_attn.o_proj.weight"],
-            f"blocks.{i}.ln_2.weight": sd[theirs + "post_attention_layernorm.weight"],
-            f"blocks.{i}.mlp.gate.weight": sd[theirs + "mlp.gate_proj.weight"],
-            f"blocks.{i}.mlp.up.weight": sd[theirs + "mlp.up_proj.weight"],
-            f"blocks.{i}.mlp.proj.weight": sd[theirs + "mlp.down_proj.weight"],
-        }
-    ours.load_state_dict(state)
+    ours.load_state_dict(hf_to_lab("llama", hf.state_dict(), cfg))  # lm_lab.hf's converter: q, k, v rows stacked
     return hf, ours
 
 

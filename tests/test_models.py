@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from lm_lab.config import compose
 from lm_lab.errors import ConfigError
+from lm_lab.hf import hf_to_lab
 from lm_lab.models import (
     GPT,
     ModelConfig,
@@ -190,31 +191,8 @@ def hf_gpt2_and_ours(**shape):
         pad_vocab_multiple=1,
     )
     ours = GPT(cfg).double().eval()
-    sd = hf.transformer.state_dict()
-    mapping = {
-        "wte.weight": "wte.weight",
-        "wpe.weight": "wpe.weight",
-        "ln_f.weight": "ln_f.weight",
-        "ln_f.bias": "ln_f.bias",
-    }
-    for i in range(cfg.n_layer):
-        for ours_name, hf_name in [
-            ("ln_1", "ln_1"),
-            ("ln_2", "ln_2"),
-            ("attn.qkv", "attn.c_attn"),
-            ("attn.proj", "attn.c_proj"),
-            ("mlp.fc", "mlp.c_fc"),
-            ("mlp.proj", "mlp.c_proj"),
-        ]:
-            for p in ("weight", "bias"):
-                mapping[f"blocks.{i}.{ours_name}.{p}"] = f"h.{i}.{hf_name}.{p}"
-    # HF's Conv1D stores (in, out); nn.Linear stores (out, in)
-    state = {
-        ours: sd[theirs].t() if sd[theirs].ndim == 2 and ".c_" in theirs else sd[theirs]
-        for ours, theirs in mapping.items()
-    }
-    state["lm_head.weight"] = state["wte.weight"]
-    ours.load_state_dict(state)
+    # lm_lab.hf's converter: Conv1D (in, out) weights transposed to nn.Linear's (out, in), the tied head dropped
+    ours.load_state_dict(hf_to_lab("gpt2", hf.state_dict(), cfg))
     return hf, ours
 
 
