@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -209,7 +210,7 @@ class TrainerConfig:
         return {**asdict(self), "precision": self.resolved_precision()}
 
 
-INITS = ("random", "fork", "weights")
+INITS = ("random", "fork", "weights", "inheritune", "stacking", "hybrid_stacking", "half_width", "every_other")
 
 
 @dataclass
@@ -222,27 +223,59 @@ class InitConfig:
       that ends at the checkpoint's step + N (Hägele et al. 2024 §3). (`checkpoint` is its old name.)
     - `weights`: only the model weights of a lab checkpoint, through `map` (weight surgery plugs in here);
       a fresh optimizer, step 0 and a fresh data order.
+
+    Weight surgery (`lm_lab.inherit.surgery`), each like `weights` (a fresh optimizer, step 0); the tensors a
+    definition does not give keep the model's fresh initialisation:
+
+    - `inheritune`: the first model.n_layer blocks of `reference`, with its embeddings, final norm and head
+      (Sanyal et al. 2024, §3); `modules` chooses the blocks' sub-modules (§4.2). With `path` too (a trained
+      smaller target) it grows that model with the reference's next blocks (Algorithm 1).
+    - `stacking`: the trained model at `path` repeated to model.n_layer layers (Gong et al. 2019).
+    - `hybrid_stacking`: the reference's first n/2 blocks stacked to n (Inheritune §4 baselines).
+    - `half_width`: the reference at half width, all its layers (§4); the model must be its half-width config.
+    - `every_other`: block i is the teacher `reference`'s block 2i (DistilBERT, Sanh et al. 2019).
     """
 
     name: str = "random"
     path: str | None = None
-    """`fork`, `weights`: the checkpoint file (e.g. RUN/checkpoints/step1000.ckpt or RUN/checkpoints/last.ckpt)."""
+    """`fork`, `weights`: the checkpoint file (e.g. RUN/checkpoints/step1000.ckpt or RUN/checkpoints/last.ckpt);
+    `stacking`: the trained model to stack; `inheritune`: the trained smaller target to grow (optional)."""
     map: Any = None
     """`weights`: a function `(source_state_dict, source_config, target_config) -> state_dict` mapping the source
     model's weights onto the new model, as a dotted name (`my_module.first_layers`) or, from Python, the
-    function; None loads the weights as they are."""
+    function; None loads the weights as they are. A mapped dict may leave tensors out: they keep their init."""
     allow_optimizer_change: bool = False
     """`fork`: allow another peak LR, betas or weight decay than the source run's (the fork then matches no
     single run of one schedule)."""
+    reference: str | None = None
+    """`inheritune`, `hybrid_stacking`, `half_width`, `every_other`: the reference (teacher) model, a lab
+    checkpoint file or run directory."""
+    modules: str = "attn_mlp_ln"
+    """`inheritune`: the sub-modules inherited of each block (Table 3): `attn_mlp_ln` (the paper's), `attn_mlp`
+    (without the norms), `attn` (attention and its norm), `mlp_ln` (MLP and its norm)."""
 
     def __post_init__(self) -> None:
+        from lm_lab.inherit.surgery import MODULES  # the choices live with the surgery that defines them
+
         if self.name == "checkpoint":  # the old name of `fork`
             self.name = "fork"
         problems = []
+        by_reference = ("inheritune", "hybrid_stacking", "half_width", "every_other")
         if self.name not in INITS:
             problems.append(f"init.name={self.name!r} is unknown; choose one of {list(INITS)}")
-        elif self.name != "random" and not self.path:
+        elif self.name in ("fork", "weights", "stacking") and not self.path:
             problems.append(f"init={self.name} needs init.path=CHECKPOINT (e.g. RUN/checkpoints/step1000.ckpt)")
+        elif self.name in by_reference and not self.reference:
+            problems.append(f"init={self.name} needs init.reference=MODEL (a lab checkpoint or run directory)")
+        if self.path and self.name in by_reference[1:]:
+            problems.append(f"init.path is not read by init={self.name}: give the model as init.reference")
+        if self.reference and self.name not in by_reference:
+            fix = ": give the model to stack as init.path" if self.name == "stacking" else ""
+            problems.append(f"init.reference is for init={'/'.join(by_reference)}, not init={self.name}{fix}")
+        if self.modules not in MODULES:
+            problems.append(f"init.modules={self.modules!r} is unknown; choose one of {list(MODULES)}")
+        elif self.modules != "attn_mlp_ln" and self.name != "inheritune":
+            problems.append(f"init.modules is for init=inheritune, not init={self.name}")
         if self.map is not None and self.name != "weights":
             problems.append(f"init.map is for init=weights, not init={self.name}")
         if isinstance(self.map, str):
@@ -256,6 +289,54 @@ class InitConfig:
 
     def map_fn(self):
         return locate(self.map) if isinstance(self.map, str) else self.map
+
+
+DISTILL_KINDS = ("none", "logit", "distilbert")
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher (Inheritune §4 baselines)."""
+
+    kind: str = "none"
+    """`none` (plain LM training), `logit` (Hinton et al. 2015) or `distilbert` (Sanh et al. 2019)."""
+    teacher: str | None = None
+    """The teacher: a lab checkpoint file or run directory (its checkpoints/last.ckpt)."""
+    temperature: float = 1.0
+    """Softmax temperature T of the KD term (App. C.1: 1)."""
+    alpha: float = 0.6
+    """`logit`: weight of the LM cross-entropy; KD gets 1 - alpha (App. C.1: 0.6; see the module docstring)."""
+    kd_weight: float = 5.0
+    """`distilbert`: weight of the KD term (DistilBERT's alpha_ce)."""
+    lm_weight: float = 2.0
+    """`distilbert`: weight of the LM cross-entropy (DistilBERT's alpha_mlm; alpha_clm for a causal LM)."""
+    cos_weight: float = 1.0
+    """`distilbert`: weight of the hidden-state cosine loss (DistilBERT's alpha_cos)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.teacher, Path):
+            self.teacher = str(self.teacher)
+        problems = []
+        if self.kind not in DISTILL_KINDS:
+            problems.append(f"distill.kind={self.kind!r} is unknown; choose one of {list(DISTILL_KINDS)}")
+        elif self.kind != "none" and not (isinstance(self.teacher, str) and self.teacher):
+            problems.append(f"distill.kind={self.kind} needs distill.teacher=PATH (a lab checkpoint or run directory)")
+        if not (_finite_number(self.temperature) and self.temperature > 0):
+            problems.append(f"distill.temperature={self.temperature!r} must be a positive number (App. C.1: 1)")
+        if not (_finite_number(self.alpha) and 0 <= self.alpha <= 1):
+            problems.append(f"distill.alpha={self.alpha!r} must be in [0, 1] (the LM loss's weight; App. C.1: 0.6)")
+        weights = ("kd_weight", "lm_weight", "cos_weight")
+        for name in weights:
+            value = getattr(self, name)
+            if not (_finite_number(value) and value >= 0):
+                problems.append(f"distill.{name}={value!r} must be a number >= 0")
+        if not problems and self.kind == "distilbert" and not any(getattr(self, n) for n in weights):
+            problems.append("distill.kd_weight, lm_weight and cos_weight are all 0: nothing to train on; set one > 0")
+        raise_if(problems)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _main_job_model() -> ModelConfig:
@@ -275,6 +356,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     init: InitConfig = field(default_factory=InitConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     name: str = "main"
     """Label of the run (Hydra puts its outputs in outputs/<name>/<time>/)."""
     world_size: int | None = None
@@ -404,6 +486,7 @@ GROUP_CLASSES = {
     "trainer": TrainerConfig,
     "init": InitConfig,
     "budget": BudgetConfig,
+    "distill": DistillConfig,
 }
 
 

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -102,7 +103,7 @@ def fit(
     init: InitConfig | None = None,
     callbacks: Sequence[Callback] | None = None,
     loggers: Sequence[Logger] | None = None,
-    module_cls: type[LMModule] = LMModule,
+    module_cls: Callable[..., LMModule] = LMModule,
     checkpoint_io=None,
     overrides: Sequence[str] = (),
     record: dict | None = None,
@@ -114,12 +115,17 @@ def fit(
     init: where a fresh run starts (overrides `run.init`): random weights, a fork of another run's trajectory,
         or another model's weights through a mapping function (see `InitConfig`).
     callbacks, loggers: Lightning callbacks and loggers (default: `default_callbacks`, `default_loggers`).
-    module_cls: the LightningModule class (a subclass of LMModule, e.g. for distillation).
+    module_cls: the LightningModule class, or a function making one (LMModule's arguments); `run.distill` chooses
+        the distillation module when this is left at LMModule.
     overrides: the command line that made this run (recorded in results.json).
     record: more settings to save in config.yaml beside the run's (run.py: the callbacks and loggers).
     """
     started = time.time()
     run_dir = Path(run_dir)
+    if run.distill.kind != "none" and module_cls is LMModule:  # distill=logit|distilbert: a frozen teacher
+        from lm_lab.inherit.distill import DistillModule
+
+        module_cls = partial(DistillModule, distill=run.distill)
     if init is not None:
         run = replace(run, init=init)
     # -- 1. check everything; nothing is written yet ---------------------------------------------------------
@@ -159,7 +165,7 @@ def fit(
                 done.module.configure_model()
                 done.module.load_state_dict(ckpt["state_dict"])  # its final weights (x for schedule-free)
                 return done
-        elif run.init.name == "weights":
+        elif run.init.name not in ("random", "fork"):  # weights, or a weight surgery (init=inheritune, ...)
             weights = start_weights(run.init, run.model)  # mapped onto this model and checked, tensors named
 
         # -- 2. build: from here on the run leaves evidence -----------------------------------------------------
@@ -192,8 +198,7 @@ def fit(
             fork_step=fork_step,
         )
         if weights is not None:
-            module.start_from(weights)
-            log.info("starting from the weights of %s (fresh optimizer, step 0)", run.init.path)
+            module.start_from(weights)  # start_weights logged where they came from (a fresh optimizer, step 0)
         callbacks = _ordered(list(callbacks) if callbacks is not None else default_callbacks(run_dir))
         budget = _budget_callback(run, callbacks, resuming)
         for cb in callbacks:
