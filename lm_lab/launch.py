@@ -19,14 +19,21 @@ EXIT_CODES = {"max_steps": 0, "budget": 0, "stopped": 0, "interrupted": 130, "no
 
 
 def fit_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> Results:
-    """Train the run a composed Hydra config describes (`run_dir` and `ckpt_path` from its root)."""
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
+    """Train the run a composed Hydra config describes (`run_dir` and `ckpt_path` from its root); a config with an
+    `inheritune:` node (experiment=inheritune) runs Inheritune's loop of runs instead and returns its last run's."""
     from lm_lab.train import fit
 
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     run = RunConfig.from_dict(plain)  # every group checked, every `_target_` importable: before any work
+    if plain.get("inheritune") is not None:
+        return _inheritune(cfg, plain, run, overrides)
+    return fit(run, plain["run_dir"], resume=plain.get("ckpt_path", "last"), overrides=overrides, **_objects(cfg))
+
+
+def _objects(cfg: DictConfig) -> dict:
+    """The callbacks, loggers and checkpoint writer a config names, instantiated, and what to record of them."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
 
     def build(where: str, node):
         try:
@@ -35,20 +42,37 @@ def fit_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> Results:
             cause = e.__cause__ or e
             raise ConfigError(f"{where}: {type(cause).__name__}: {str(cause).splitlines()[0]}") from None
 
-    callbacks = [build(f"callbacks.{name}", node) for name, node in cfg.callbacks.items()]
-    loggers = [build(f"logger.{name}", node) for name, node in (cfg.get("logger") or {}).items()]
-    checkpoint_io = build("checkpoint_io", cfg.checkpoint_io) if cfg.get("checkpoint_io") else None
-    record = {k: plain.get(k) for k in ("callbacks", "logger", "checkpoint_io", "ckpt_path")}
-    return fit(
-        run,
-        plain["run_dir"],
-        resume=plain.get("ckpt_path", "last"),
-        callbacks=callbacks,
-        loggers=loggers,
-        checkpoint_io=checkpoint_io,
-        overrides=overrides,
-        record=record,
-    )
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return {
+        "callbacks": [build(f"callbacks.{name}", node) for name, node in cfg.callbacks.items()],
+        "loggers": [build(f"logger.{name}", node) for name, node in (cfg.get("logger") or {}).items()],
+        "checkpoint_io": build("checkpoint_io", cfg.checkpoint_io) if cfg.get("checkpoint_io") else None,
+        "record": {k: plain.get(k) for k in ("callbacks", "logger", "checkpoint_io", "ckpt_path")},
+    }
+
+
+def _inheritune(cfg: DictConfig, plain: dict, run: RunConfig, overrides: Sequence[str]) -> Results:
+    """experiment=inheritune: the grow loop (or a baseline), each run with the config's callbacks and loggers
+    pointed at its own directory."""
+    from omegaconf import open_dict
+
+    from lm_lab.inherit.grow import Inheritune, InherituneConfig, Stopped, format_table
+
+    settings = InherituneConfig.from_dict(plain["inheritune"])
+
+    def fit_kwargs(run_dir) -> dict:
+        stage = cfg.copy()
+        with open_dict(stage):
+            stage.run_dir = str(run_dir)
+        return _objects(stage)
+
+    loop = Inheritune(run, plain["run_dir"], settings, fit_kwargs=fit_kwargs, overrides=overrides)
+    try:
+        rows = loop.run_all()
+    except Stopped as e:
+        return e.results
+    print(format_table(rows))
+    return loop.last_results
 
 
 def report_errors(problems: Sequence[str]) -> None:

@@ -54,6 +54,15 @@ COMPANIONS = {
     "budget=flops": ["budget.flops=1e15"],
     "budget=gpu_hours": ["budget.hours=0.001", "budget.gpu=a100"],
     "budget=wall_clock": ["budget.minutes=2"],
+    "init=inheritune": ["init.reference=pyproject.toml"],  # read by fit, not by the config
+    "init=stacking": ["init.path=pyproject.toml"],
+    "init=hybrid_stacking": ["init.reference=pyproject.toml"],
+    "init=half_width": ["init.reference=pyproject.toml"],
+    "init=every_other": ["init.reference=pyproject.toml"],
+    "experiment=inheritune": ["init.reference=pyproject.toml"],
+    "distill=logit": ["distill.teacher=pyproject.toml"],  # read by the module, not by the config
+    "distill=distilbert": ["distill.teacher=pyproject.toml"],
+    "experiment=inheritune_compare": ["init.reference=pyproject.toml"],
 }
 
 
