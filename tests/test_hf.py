@@ -511,3 +511,22 @@ metric_list:
         rtol=0,
         atol=1e-4,
     )
+
+
+def test_the_export_and_eval_commands(tmp_path, capsys):
+    from lm_lab.cli import main
+
+    model = randomized(GPT(tiny()))
+    ckpt = lab_checkpoint(tmp_path / "run.ckpt", model, {"name": "bytes", "vocab_size": 257})
+    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 0
+    assert f"exported to {tmp_path / 'out'}" in capsys.readouterr().out
+    hf = hf_load(tmp_path / "out")
+    idx = torch.randint(0, V, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx)[..., :V], rtol=0, atol=1e-5)
+    assert main(["export", str(ckpt), str(tmp_path / "out")]) == 2  # an occupied folder: one line, exit 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--tasks", ","]) == 2
+    assert "--tasks is empty" in capsys.readouterr().err
+    assert main(["eval", str(ckpt), "--tasks", "sciq"]) == 2  # the bytes tokenizer has no Hugging Face form
+    assert "cannot be evaluated with lm-eval" in capsys.readouterr().err
