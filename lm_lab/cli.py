@@ -11,6 +11,9 @@ lm-lab sweep isoflop --budgets C1,C2,C3 [--points 5] [KEY=VALUE ...]   an IsoFLO
 lm-lab sweep cooldowns --models M1,M2 --lengths T1,T2,T3 [KEY=VALUE ...]   scaling-law points from cooldown forks
 lm-lab fit --method isoflop|parametric|hyperparams --input RUNS.csv [--predict C ...] [--plot FILE.png]   laws
 lm-lab search --space NAME --sampler tpe|gp|cmaes|random|coordinate|random_gradient --trials N [--budget-flops F]
+lm-lab analyze CKPT_OR_HF_DIR [--batch 4] [--seq-len T] [--out DIR]   attention degeneration: k*, m*, lazy layers
+lm-lab export CKPT OUT                                          a lab model as a Hugging Face folder
+lm-lab eval CKPT_OR_HF_DIR --tasks arc_easy,piqa [--limit N] [--include-path DIR]   zero-shot with lm-eval
 """
 
 from __future__ import annotations
@@ -249,6 +252,29 @@ def sample(args: argparse.Namespace) -> str:
     )
 
 
+def export(args: argparse.Namespace) -> str:
+    from lm_lab.hf import export as to_hf
+
+    return f"exported to {to_hf(args.checkpoint, args.out)}"
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    from lm_lab.evaluate import evaluate as run_tasks
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not tasks:
+        raise ConfigError("--tasks is empty; give lm-eval task names, e.g. --tasks arc_easy,piqa")
+    return run_tasks(
+        args.checkpoint,
+        tasks,
+        include_path=args.include_path,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_fewshot=args.num_fewshot,
+    )
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -315,6 +341,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("search", help="a hyperparameter search on Optuna: resumable, shared by workers, FLOP-capped")
     search.add_arguments(p)
     p.set_defaults(func=search.command)
+    from lm_lab.analysis import command as analysis
+
+    p = sub.add_parser("analyze", help="attention degeneration of a model: k*, m* and lazy layers, table and plots")
+    analysis.add_arguments(p)
+    p.set_defaults(func=analysis.command)
+    p = sub.add_parser("export", help="a lab checkpoint as a Hugging Face folder (from_pretrained loads it)")
+    p.add_argument("checkpoint", help="a lab checkpoint or a run directory")
+    p.add_argument("out", help="a new (or empty) folder")
+    p.set_defaults(func=export)
+    p = sub.add_parser("eval", help="zero-shot tasks through lm-evaluation-harness (the model exported on the fly)")
+    p.add_argument("checkpoint", help="a lab checkpoint, a run directory or a Hugging Face model folder")
+    p.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. arc_easy,lambada_openai,sciq")
+    p.add_argument("--limit", type=_positive, default=None, help="documents per task (default: all)")
+    p.add_argument("--num-fewshot", type=int, default=0, help="few-shot examples (default 0)")
+    p.add_argument("--batch-size", type=_positive, default=8, help="lm-eval batch size (default 8)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--include-path", default=None, help="a folder of extra task YAMLs (offline tasks)")
+    p.set_defaults(func=evaluate)
     p = sub.add_parser("prepare-data", help="tokenise a corpus once into sharded token files (cached)")
     p.add_argument(
         "overrides", nargs="*", help="config overrides as for run.py, e.g. data=slimpajama_6b tokenizer=gpt2"
@@ -325,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.startswith("-") for r in rest):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = [*getattr(args, "overrides", []), *rest]
-    if args.func is sample and args.overrides:
+    if args.func in (sample, export, evaluate) and args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     try:
         out = args.func(args)

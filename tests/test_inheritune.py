@@ -252,6 +252,19 @@ def test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit(tmp_path, cac
         source = ref if k.startswith(("blocks.2.", "blocks.3.")) else stage1
         assert torch.equal(v, source[k]), k
     assert not torch.equal(stage1["wte.weight"], ref["wte.weight"])  # stage 1 trained: the sources differ
+    # `lm-lab analyze` on the reference: the table, analysis.json equal to `analyze` on the first validation windows
+    from lm_lab.analysis.command import _windows
+    from lm_lab.analysis.report import analyze
+    from lm_lab.checkpoint import load_model
+    from lm_lab.cli import main
+
+    assert main(["analyze", str(ref_dir), "--batch", "2", "--seq-len", "16", "--out", str(tmp_path / "an")]) == 0
+    record = json.loads((tmp_path / "an" / "analysis.json").read_text())
+    cfg, model = load_model(ref_dir)
+    expected = analyze(model, _windows(str(ref_dir), cfg, 2, 16, [])[:, :-1])
+    assert record["k_star"] == expected["k_star"].tolist() and record["m_star"] == expected["m_star"].tolist()
+    assert len(record["rows"]) == 4 and (record["seq_len"], record["batch_size"]) == (16, 2)
+    assert all((tmp_path / "an" / f).stat().st_size > 1000 for f in ("heatmap.png", "attention_maps.png"))
     # distill= in the run config trains the distillation module against the frozen reference
     kd = fit(
         replace(run, init=InitConfig(), distill=DistillConfig(kind="logit", teacher=str(ref_dir))), tmp_path / "kd"

@@ -139,6 +139,10 @@ class CausalSelfAttention(ResidualBranch):
         self.qkv = nn.Linear(cfg.d_model, q_rows + 2 * kv_rows, bias=cfg.bias)
         self.proj = nn.Linear(q_rows, cfg.d_model, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.resid_dropout)
+        # Analysis (lm_lab.analysis.attention_probabilities): the fused kernels never materialise the attention
+        # matrix, so keep_probs computes it explicitly and keeps it, detached, in `probs` (B, H, T, T)
+        self.keep_probs = False
+        self.probs: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -149,9 +153,30 @@ class CausalSelfAttention(ResidualBranch):
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         # Dropout on attention probabilities only while training: llm-baselines passes dropout_p to SDPA
         # unconditionally, which leaves it on at evaluation and biases every validation loss.
-        y = self.attend(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale)
+        if self.keep_probs:
+            y = self.explicit_attention(q, k, v)
+        else:
+            y = self.attend(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, scale=self.scale)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, H * D)
         return self.resid_dropout(self.proj(y))
+
+    def explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """What `attend` computes, step by step, keeping the probabilities in `probs`: the same scale, causal mask
+        and grouped-query heads (as SDPA's enable_gqa: key/value head j serves query heads j*H/KV ... (j+1)*H/KV - 1),
+        the logits and softmax in float32 at least (as the fused kernels accumulate them, autocast or not)."""
+        B, H, T, D = q.shape
+        if k.shape[1] != H:
+            k, v = (t.repeat_interleave(H // t.shape[1], dim=1) for t in (k, v))  # (B, H, T, D)
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(D)
+        dtype = torch.promote_types(q.dtype, torch.float32)  # a float64 model stays float64
+        with torch.autocast(q.device.type, enabled=False):
+            logits = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * scale  # (B, H, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+        probs = logits.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        self.probs = probs.detach()
+        if self.training and self.attn_dropout > 0:
+            probs = F.dropout(probs, self.attn_dropout)
+        return probs.to(v.dtype) @ v  # (B, H, T, D)
 
 
 # -- feed-forward ---------------------------------------------------------------------------------------------
