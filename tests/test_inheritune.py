@@ -5,6 +5,7 @@ import csv
 import json
 import math
 from dataclasses import asdict, fields, replace
+from itertools import islice
 from pathlib import Path
 
 import lightning as L
@@ -15,6 +16,8 @@ from callbacks.checkpoint import LastCheckpoint
 from lm_lab.checkpoint import read_checkpoint
 from lm_lab.config import DistillConfig, InitConfig, RunConfig, TrainConfig, TrainerConfig
 from lm_lab.data.config import DataConfig
+from lm_lab.data.embedded import embedded_documents
+from lm_lab.data.tokenizers import TokenizerConfig
 from lm_lab.errors import ConfigError
 from lm_lab.guards import StopRequested
 from lm_lab.inherit.distill import DistillModule
@@ -189,10 +192,21 @@ def test_a_missing_reference_is_one_line(tmp_path):
 # -- a real loop on tiny models ----------------------------------------------------------------------------------
 
 
-def tiny(cache_dir: Path, n_layer: int, steps: int) -> RunConfig:
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> DataConfig:
+    """60 standard-library documents as .txt files, read byte by byte: prepared in a moment."""
+    root = tmp_path_factory.mktemp("corpus")
+    for i, doc in enumerate(islice(embedded_documents(), 60)):
+        (root / f"doc{i:03d}.txt").write_text(doc.text[:1500], encoding="utf-8")
+    cache = tmp_path_factory.mktemp("tokens")  # outside the corpus folder, whose files fingerprint the corpus
+    return DataConfig(name="inh", source="local", path=str(root), val_fraction=0.2, cache_dir=str(cache), num_proc=1)
+
+
+def tiny(data: DataConfig, n_layer: int, steps: int) -> RunConfig:
     return RunConfig(
         model=ModelConfig.preset("gpt2_tiny", n_layer=n_layer, n_head=2, d_model=32, block_size=32),
-        data=DataConfig(cache_dir=str(cache_dir)),
+        tokenizer=TokenizerConfig(name="bytes", vocab_size=257),
+        data=data,
         scheduler=SchedulerConfig(warmup_steps=2),
         train=TrainConfig(max_steps=steps, batch_size=4, val_every=steps, val_tokens=2048, seq_len=32),
         trainer=QUIET,
@@ -213,10 +227,10 @@ class KillAndRecord(L.Callback):
             raise StopRequested("test: stopped")
 
 
-def test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit(tmp_path, cache_dir):
+def test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit(tmp_path, corpus):
     ref_dir = tmp_path / "ref"
-    reference = fit(tiny(cache_dir, 4, 6), ref_dir)
-    run = replace(tiny(cache_dir, 4, 3), init=InitConfig(name="inheritune", reference=str(ref_dir)))
+    reference = fit(tiny(corpus, 4, 6), ref_dir)
+    run = replace(tiny(corpus, 4, 3), init=InitConfig(name="inheritune", reference=str(ref_dir)))
     killer, calls = KillAndRecord(stop_at=2), []
 
     def kill_stage_two(run, run_dir, **kw):  # the loop stopped in stage 2, after its step-2 checkpoint
