@@ -4,7 +4,7 @@ k* and m* of every head on a fixed validation batch, the lazy layers, and the qu
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -20,13 +20,13 @@ from lm_lab.analysis.attention import (
 )
 from lm_lab.analysis.report import analyze, heatmap_image
 from lm_lab.data.windows import ValWindows
-from lm_lab.errors import ConfigError, raise_if
+from lm_lab.errors import CheckedSettings, ConfigError, raise_if
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class AttentionMonitorConfig:
+class AttentionMonitorConfig(CheckedSettings):
     every_n_steps: int = 200
     """Measure after every this many optimizer steps (and at step 0). 200 keeps the cost under 2% of training
     for gpt2_tiny on a CPU (benchmarks/attention_monitor.py); the cost grows with layers x heads x T^3."""
@@ -57,18 +57,6 @@ class AttentionMonitorConfig:
         if not isinstance(self.images, bool):
             found.append(f"{where}.images={self.images!r} must be true or false")
         return found
-
-    @classmethod
-    def problems(cls, where: str, values: dict) -> list[str]:
-        """What is wrong with these settings, each naming the field at `where` (e.g. `callbacks.attention`)."""
-        known = [f.name for f in fields(cls)]
-        unknown = [f"{where}.{k} is not a setting; use {', '.join(known)}" for k in values if k not in known]
-        if unknown:
-            return unknown
-        config = cls.__new__(cls)  # the fields without __post_init__: report with this `where`
-        for f in fields(cls):
-            setattr(config, f.name, values.get(f.name, f.default))
-        return config._problems(where)
 
 
 class AttentionMonitor(L.Callback):

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
-from lm_lab.errors import ConfigError, raise_if
+from lm_lab.errors import CheckedSettings, ConfigError, raise_if
 
 
 @dataclass
-class AveragingConfig:
+class AveragingConfig(CheckedSettings):
     kind: str = "ema"
     """`ema` (w <- decay * w + (1 - decay) * theta) or `swa` (an equal-weight mean of the weights averaged in)."""
     decay: float = 0.999
@@ -71,18 +71,6 @@ class AveragingConfig:
         if self.label is not None and not (isinstance(self.label, str) and re.fullmatch(r"\w+", self.label)):
             found.append(f"{where}.label={self.label!r} must be letters, digits and _ (it names val/loss_<label>)")
         return found
-
-    @classmethod
-    def problems(cls, where: str, values: dict) -> list[str]:
-        """What is wrong with these settings, each naming the field at `where` (e.g. `callbacks.ema`)."""
-        known = [f.name for f in fields(cls)]
-        unknown = [f"{where}.{k} is not a setting; use {', '.join(known)}" for k in values if k not in known]
-        if unknown:
-            return unknown
-        config = cls.__new__(cls)  # the fields without __post_init__: report with this `where`
-        for f in fields(cls):
-            setattr(config, f.name, values.get(f.name, f.default))
-        return config._problems(where)
 
 
 def _int_at_least(value, low: int) -> bool:
