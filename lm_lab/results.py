@@ -16,7 +16,7 @@ from typing import Any
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json
 
-ADDED_LATER = ("val_bpb", "val_bytes", "params_active")
+ADDED_LATER = ("val_bpb", "val_bytes", "params_active", "init_reference", "distill")
 """Keys that results.json files of older lm_lab versions lack; they load as null."""
 
 
@@ -118,8 +118,12 @@ class Results:
     tokenizer: str
     data: str
     init: str
-    """`random`, `fork` or `weights` (with `init_path`)."""
+    """`random`, `fork`, `weights` or a weight surgery (`inheritune`, `stacking`, ...)."""
     init_path: str | None
+    init_reference: str | None
+    """The reference model of a surgery (`init.reference`), else null."""
+    distill: str | None
+    """`logit` or `distilbert` with the teacher's path (`logit:PATH`) for a distillation run, else null."""
     overrides: list[str]
     """The command-line overrides of run.py (empty from Python)."""
     module: Any = field(default=None, repr=False, compare=False)

@@ -435,6 +435,8 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
         data=run.data.name,
         init=run.init.name,
         init_path=run.init.path,
+        init_reference=run.init.reference,
+        distill=f"{run.distill.kind}:{run.distill.teacher}" if run.distill.kind != "none" else None,
         overrides=list(overrides),
         module=module,
     )

@@ -250,6 +250,8 @@ def test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit(tmp_path, cor
     assert [r.layers for r in rows] == [2, 4]
     one, two = (Results.load(out / "stages" / f"L{n:02d}") for n in (2, 4))
     assert one.starts == 1 and two.starts == 2 and two.steps == 3 and one.init == two.init == "inheritune"
+    assert one.init_reference == two.init_reference == str(ref_dir) and one.init_path is None
+    assert two.init_path == str(out / "stages" / "L02" / "checkpoints" / "last.ckpt") and one.distill is None
     assert [r.decision for r in rows] == ["grow", "full"]
     # stage 2 started from stage 1's trained layers 0-1, embeddings, positions, final norm and head, and the
     # reference's layers 2-3
@@ -284,3 +286,4 @@ def test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit(tmp_path, cor
         replace(run, init=InitConfig(), distill=DistillConfig(kind="logit", teacher=str(ref_dir))), tmp_path / "kd"
     )
     assert isinstance(kd.module, DistillModule) and kd.module.teacher_config.n_layer == 4 and kd.steps == 3
+    assert kd.distill == f"logit:{ref_dir}" and Results.load(tmp_path / "kd").distill == kd.distill
