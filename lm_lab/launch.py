@@ -23,10 +23,10 @@ def fit_from_config(cfg: DictConfig, overrides: Sequence[str] = ()) -> Results:
     `inheritune:` node (experiment=inheritune) runs Inheritune's loop of runs instead and returns its last run's."""
     from lm_lab.train import fit
 
+    if cfg.get("inheritune") is not None:
+        return _inheritune(cfg, overrides)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     run = RunConfig.from_dict(plain)  # every group checked, every `_target_` importable: before any work
-    if plain.get("inheritune") is not None:
-        return _inheritune(cfg, plain, run, overrides)
     return fit(run, plain["run_dir"], resume=plain.get("ckpt_path", "last"), overrides=overrides, **_objects(cfg))
 
 
@@ -51,13 +51,23 @@ def _objects(cfg: DictConfig) -> dict:
     }
 
 
-def _inheritune(cfg: DictConfig, plain: dict, run: RunConfig, overrides: Sequence[str]) -> Results:
-    """experiment=inheritune: the grow loop (or a baseline), each run with the config's callbacks and loggers
-    pointed at its own directory."""
+def _inheritune(cfg: DictConfig, overrides: Sequence[str]) -> Results:
+    """experiment=inheritune: the grow loop, or the baseline `init=` names (random, stacking, hybrid_stacking,
+    half_width), from `init.reference`; each run with the config's callbacks and loggers pointed at its own
+    directory. The loop makes each run's init itself, so the command's init group only chooses what to run."""
     from omegaconf import open_dict
 
     from lm_lab.inherit.grow import Inheritune, InherituneConfig, Stopped, format_table
 
+    chosen = OmegaConf.to_container(cfg.init, resolve=True, throw_on_missing=False)
+    reference = chosen.get("reference")
+    if reference in (None, "???"):
+        raise ConfigError("experiment=inheritune needs init.reference=PATH (the trained reference model)")
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.init = {"name": "inheritune", "reference": reference, "modules": chosen.get("modules", "attn_mlp_ln")}
+    plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    run = RunConfig.from_dict(plain)
     settings = InherituneConfig.from_dict(plain["inheritune"])
 
     def fit_kwargs(run_dir) -> dict:
@@ -66,7 +76,14 @@ def _inheritune(cfg: DictConfig, plain: dict, run: RunConfig, overrides: Sequenc
             stage.run_dir = str(run_dir)
         return _objects(stage)
 
-    loop = Inheritune(run, plain["run_dir"], settings, fit_kwargs=fit_kwargs, overrides=overrides)
+    loop = Inheritune(
+        run,
+        plain["run_dir"],
+        settings,
+        fit_kwargs=fit_kwargs,
+        overrides=overrides,
+        init=chosen.get("name", "inheritune"),
+    )
     try:
         rows = loop.run_all()
     except Stopped as e:

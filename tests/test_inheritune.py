@@ -287,3 +287,33 @@ def test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit(tmp_path, cor
     )
     assert isinstance(kd.module, DistillModule) and kd.module.teacher_config.n_layer == 4 and kd.steps == 3
     assert kd.distill == f"logit:{ref_dir}" and Results.load(tmp_path / "kd").distill == kd.distill
+
+
+@pytest.mark.parametrize("init", ["inheritune", "random", "stacking", "hybrid_stacking", "half_width"])
+def test_experiment_inheritune_runs_the_loop_or_the_baseline_that_init_names(monkeypatch, tmp_path, init):
+    from lm_lab import launch
+    from lm_lab.config import compose
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, run, out, settings, *, fit_kwargs, overrides, init):
+            seen.update(run=run, out=out, init=init, settings=settings, stage=fit_kwargs(tmp_path / "stage"))
+            self.last_results = "the last run's results"
+
+        def run_all(self):
+            return []
+
+    monkeypatch.setattr("lm_lab.inherit.grow.Inheritune", Recorder)
+    cfg = compose(
+        ["experiment=inheritune", f"init={init}", "init.reference=REF", "inheritune.steps=5", f"run_dir={tmp_path}"]
+    )
+    assert launch.fit_from_config(cfg) == "the last run's results"
+    assert seen["init"] == init and seen["out"] == str(tmp_path) and seen["settings"].steps == 5
+    assert seen["run"].init == InitConfig(name="inheritune", reference="REF")  # each run's init is the loop's
+    assert seen["run"].model.attn_scale_by_layer and not seen["run"].model.bias  # the paper's recipe
+    dirs = {getattr(c, "dirpath", None) for c in seen["stage"]["callbacks"]}
+    assert str(tmp_path / "stage" / "checkpoints") in dirs  # callbacks point at each stage's own directory
+    assert seen["stage"]["loggers"][0].save_dir == str(tmp_path / "stage")
+    with pytest.raises(ConfigError, match="init.reference=PATH"):
+        launch.fit_from_config(compose(["experiment=inheritune", f"run_dir={tmp_path}"]))

@@ -150,8 +150,9 @@ FitFn = Callable[..., Results]
 class Inheritune:
     """The loop over `fit`: `Inheritune(run, out_dir, cfg).run()` returns the table's rows.
 
-    `run`: the composed run (its `model` is the reference's architecture; `init.reference` the reference model;
-    `train.max_steps` or `inheritune.steps` is T). `fit_kwargs(run_dir)` gives each stage's callbacks and loggers
+    `run`: the composed run (`init.reference` is the reference model, whose architecture every run takes;
+    `train.max_steps` or `inheritune.steps` is T). `init`: `inheritune` (the loop, the default) or the baseline to
+    run alone (`random`, `stacking`, `hybrid_stacking`, `half_width`). `fit_kwargs(run_dir)` gives each stage's callbacks and loggers
     (run.py: instantiated from the config, per stage)."""
 
     def __init__(
@@ -163,10 +164,12 @@ class Inheritune:
         fit_kwargs: Callable[[Path], dict] | None = None,
         overrides: Sequence[str] = (),
         fit: FitFn | None = None,
+        init: str | None = None,
     ):
         from lm_lab.checkpoint import read_source
 
         self.run, self.out, self.cfg = run, Path(out_dir), cfg
+        self.init = init or run.init.name  # what to run: `inheritune` (the loop) or a baseline init
         self.fit_kwargs = fit_kwargs or (lambda run_dir: {})
         self.overrides = list(overrides)
         if fit is None:
@@ -289,7 +292,7 @@ class Inheritune:
         """The loop (init=inheritune) or the one baseline init= names, then `inheritune.baselines`."""
         reference = self.reference_loss()
         rows: list[Stage] = []
-        name = self.run.init.name
+        name = self.init
         if name == "inheritune":
             rows = self.grow(reference)
             size = self.cfg.layers or rows[-1].layers
