@@ -176,15 +176,7 @@ def fit(
         L.seed_everything(tr.seed, workers=True, verbose=False)
         if run.trainer.uses_cuda:
             torch.set_float32_matmul_precision("high")  # TF32 matmuls for any fp32 work
-        data = LMDataModule(
-            run.data,
-            run.tokenizer,
-            seq_len=tr.seq_len,
-            micro_batch_size=tr.micro_batch_size,
-            batch_size=tr.batch_size,
-            val_tokens=tr.val_tokens,
-            seed=tr.seed,
-        )
+        data = data_module(run)
         module = module_cls(
             run.model,
             run.optimizer,
@@ -300,6 +292,21 @@ def fit(
                 run_dir / "results.json",
             )
         return results
+
+
+def data_module(run: RunConfig, val_tokens: int | None | str = "val_tokens") -> LMDataModule:
+    """The data module of a derived run: its corpus, tokenizer, windows and batches; `val_tokens` scores that many
+    validation tokens instead of `train.val_tokens` (None: the whole split)."""
+    tr = run.train
+    return LMDataModule(
+        run.data,
+        run.tokenizer,
+        seq_len=tr.seq_len,
+        micro_batch_size=tr.micro_batch_size,
+        batch_size=tr.batch_size,
+        val_tokens=tr.val_tokens if val_tokens == "val_tokens" else val_tokens,
+        seed=tr.seed,
+    )
 
 
 def _guarded(trainer, step, *args, **kwargs) -> tuple[str | None, str | None]:
@@ -504,4 +511,4 @@ def _rank_zero_logs():
         lab.setLevel(level)
 
 
-__all__ = ["default_callbacks", "default_loggers", "fit"]
+__all__ = ["data_module", "default_callbacks", "default_loggers", "fit"]

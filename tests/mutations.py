@@ -1185,7 +1185,7 @@ MUTANTS = [
     M(
         "untied-over-tied",
         "lm_lab/checkpoint.py",
-        "if not problems and model_cfg.tie_embeddings and not torch.equal(",
+        "if not problems and tied and not torch.equal(",
         "if False and not torch.equal(",
         ("tests/test_variant_runs.py::test_an_untied_head_is_never_loaded_over_a_tied_models_embedding",),
         "an untied head silently overwrites a tied embedding",
@@ -1357,8 +1357,8 @@ MUTANTS = [
     M(
         "grow-reference-scored-on-val-tokens",
         "lm_lab/inherit/scoring.py",
-        "val_tokens=tr.final_tokens,",
-        "val_tokens=4096,",
+        "data = data_module(run, val_tokens=tr.final_tokens)",
+        "data = data_module(run, val_tokens=4096)",
         ("tests/test_inheritune.py::test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit",),
         "the reference is scored on other tokens than the stages' final evaluations",
     ),

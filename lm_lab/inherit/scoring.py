@@ -6,9 +6,9 @@ import lightning as L
 import torch
 
 from lm_lab.config import RunConfig
-from lm_lab.data.datamodule import LMDataModule
 from lm_lab.data.prepare import preflight
 from lm_lab.module import LMModule
+from lm_lab.train import data_module
 
 
 def score(run: RunConfig, weights: str | dict[str, torch.Tensor]) -> float:
@@ -21,15 +21,7 @@ def score(run: RunConfig, weights: str | dict[str, torch.Tensor]) -> float:
     tr = run.train
     preflight(run.data, run.tokenizer)
     state = read_source(weights)[1] if isinstance(weights, str) else weights
-    data = LMDataModule(
-        run.data,
-        run.tokenizer,
-        seq_len=tr.seq_len,
-        micro_batch_size=tr.micro_batch_size,
-        batch_size=tr.batch_size,
-        val_tokens=tr.final_tokens,
-        seed=tr.seed,
-    )
+    data = data_module(run, val_tokens=tr.final_tokens)
     module = LMModule(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
     module.start_from(state)
     kwargs = run.trainer.lightning_kwargs()
