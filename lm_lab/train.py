@@ -139,9 +139,14 @@ def fit(
             fork_step = ckpt.get("hyper_parameters", {}).get("fork_step")
         else:
             fork_step = None
-            if run.init.name in ("fork", "weights") and not Path(run.init.path).expanduser().is_file():
+            source = Path(run.init.path).expanduser() if run.init.path else None
+            # a fork continues a training state (a file); weights may also come from a run directory or HF folder
+            if run.init.name in ("fork", "weights") and not (
+                source.is_file() or (run.init.name == "weights" and source.is_dir())
+            ):
                 raise ConfigError(
                     f"init.path={run.init.path!r} does not exist; give a checkpoint file (e.g. RUN/checkpoints/last.ckpt)"
+                    + (", a run directory or a Hugging Face folder" if run.init.name == "weights" else "")
                 )
             if run.init.name == "fork":
                 ckpt_path = Path(run.init.path).expanduser()

@@ -40,6 +40,7 @@ from lm_lab.errors import ConfigError
 from lm_lab.models import GPT, ModelConfig
 from lm_lab.optim import SchedulerConfig
 from lm_lab.train import default_callbacks, fit
+from tests.test_architectures import LLAMA_STYLE
 
 V = 97
 
@@ -204,15 +205,7 @@ def test_qk_grad_norms_split_the_fused_gradient_by_rows_per_attention_module():
 
 ATTENTION_VARIANTS = {
     "gpt2": {},
-    "llama_gqa_rope": {
-        "norm": "rmsnorm",
-        "mlp": "swiglu",
-        "positions": "rope",
-        "bias": False,
-        "tie_embeddings": False,
-        "n_kv_head": 2,
-        "d_ff_multiple": 32,
-    },
+    "llama_gqa_rope": LLAMA_STYLE,
     "attn_scale_by_layer": {"attn_scale_by_layer": True, "n_layer": 3},
 }
 

@@ -281,6 +281,9 @@ def test_a_real_loop_inherits_resumes_mid_loop_and_scores_like_fit(tmp_path, cor
     assert record["k_star"] == expected["k_star"].tolist() and record["m_star"] == expected["m_star"].tolist()
     assert len(record["rows"]) == 4 and (record["seq_len"], record["batch_size"]) == (16, 2)
     assert all((tmp_path / "an" / f).stat().st_size > 1000 for f in ("heatmap.png", "attention_maps.png"))
+    # init=weights takes a run directory as the README says: the reference's final weights, as they are
+    w = fit(replace(run, init=InitConfig(name="weights", path=str(ref_dir))), tmp_path / "w", callbacks=[killer])
+    assert w.init_path == str(ref_dir) and all(torch.equal(v, ref[k]) for k, v in killer.start.items())
     # distill= in the run config trains the distillation module against the frozen reference
     kd = fit(
         replace(run, init=InitConfig(), distill=DistillConfig(kind="logit", teacher=str(ref_dir))), tmp_path / "kd"
