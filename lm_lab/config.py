@@ -436,6 +436,12 @@ class RunConfig:
                 f"train.seq_len={tr.seq_len} exceeds model.block_size={model.block_size} (learned positions); "
                 f"lower train.seq_len or raise model.block_size"
             )
+        cap = self.data.val_split_tokens
+        if cap is not None and cap < tr.seq_len + 1:  # a validation window is seq_len + 1 tokens
+            problems.append(
+                f"data.val_split_tokens={cap} leaves no validation window of train.seq_len + 1 = {tr.seq_len + 1} "
+                f"tokens; raise it (e.g. data.val_split_tokens={100 * (tr.seq_len + 1)})"
+            )
         per_pass = tr.micro_batch_size * self.world_size
         if tr.batch_size % per_pass:
             ok = [m for m in range(1, tr.batch_size + 1) if tr.batch_size % (m * self.world_size) == 0]

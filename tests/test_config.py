@@ -188,6 +188,16 @@ def _plain(overrides):
         ),
         (["data.cache_dir=/proc/1/lm_lab_cache"], r"data\.cache_dir='/proc/1/lm_lab_cache' is not writable"),
         (["+train.epochs=3"], r"train\.epochs is not a train setting"),
+        (
+            ["data.val_split_tokens=128"],
+            r"data\.val_split_tokens=128 leaves no validation window of train\.seq_len \+ 1 = 257 tokens",
+        ),
+        (
+            ["data.txt_split=sentence"],
+            r"data\.txt_split='sentence' is unknown; choose one of \['file', 'line', 'paragraph'\]",
+        ),
+        (["data.encoding=latin-9x"], r"data\.encoding='latin-9x' is not an encoding Python knows"),
+        (["data.on_bad_document=drop"], r"data\.on_bad_document='drop' is unknown; choose one of \['error', 'skip'\]"),
         (["optimizer=schedule_free", "scheduler=constant"], r"scheduler\.warmup_steps=40 would warm schedule-free"),
         (
             ["optimizer=schedule_free", "scheduler=constant", "scheduler.warmup_steps=0", "train.on_nonfinite=skip"],

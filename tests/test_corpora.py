@@ -111,6 +111,7 @@ def test_prepare_data_command(documents, tmp_path, capsys):
         "tokenizer=bytes",
         f"data.cache_dir={tmp_path / 'cache'}",
         "data.num_proc=1",
+        "data.val_fraction=0.2",
     ]
     assert main(args) == 0
     out = json.loads(capsys.readouterr().out)
@@ -182,11 +183,14 @@ def test_guard_rails_name_the_file_and_the_fix(documents, tmp_path):
     corpus = write_corpus("jsonl", documents, tmp_path / "corpus")
     base = {"name": "c", "source": "local", "path": str(corpus), "cache_dir": str(tmp_path / "cache"), "num_proc": 1}
     with pytest.raises(
-        ConfigError, match=r"data\.text_field='content' is not a column .* columns are \['id', 'text'\]"
+        ConfigError,
+        match=r"part0\.jsonl:1: data\.text_field='content' is not a field of this row \(it has \['id', 'text'\]\)",
     ):
         prepare(DataConfig(**base, text_field="content"), BYTES, progress=False)
     empty = write_corpus("parquet", [""] * 1500, tmp_path / "empty")
-    with pytest.raises(ConfigError, match=r"data\.text_field='text' .* is empty in the first documents"):
+    with pytest.raises(
+        ConfigError, match=r"split 'train' of data\.path=.* has no documents with text \(1500 blank, 0 bad\)"
+    ):
         prepare(DataConfig(**{**base, "path": str(empty)}), BYTES, progress=False)
     # token files made with another tokenizer than the run's are refused
     folder = prepare(DataConfig(**base), BYTES, progress=False)
@@ -197,7 +201,9 @@ def test_guard_rails_name_the_file_and_the_fix(documents, tmp_path):
     other.parent.mkdir(parents=True, exist_ok=True)
     os.symlink(folder, other)
     dm = LMDataModule(DataConfig(**base), bpe, seq_len=16, micro_batch_size=2, batch_size=2, val_tokens=None, seed=0)
-    with pytest.raises(ConfigError, match=r"were made with tokenizer bytes \(257 ids\) but this run uses bpe.* delete"):
+    with pytest.raises(
+        ConfigError, match=r"were made with tokenizer bytes \(257 ids\) but this run uses bpe.* rebuilds them"
+    ):
         dm.setup("fit")
 
 
@@ -292,7 +298,7 @@ def test_bad_corpus_fails_with_one_line_before_training(documents, tmp_path):
         [sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
-    assert "error: data.text_field='content' is not a column" in proc.stderr and "Traceback" not in proc.stderr
+    assert "part0.jsonl:1: data.text_field='content' is not a field" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

@@ -91,7 +91,7 @@ def cases(i):
             ["data=local", "data.path=.", "data.mode=streaming"],
             "error: data.mode=streaming needs data.val_split_tokens",
         ),
-        ([*local, "data.text_field=content"], "error: data.text_field='content' is not a column"),
+        ([*local, "data.text_field=content"], "docs.jsonl:1: data.text_field='content' is not a field of this row"),
         (["ckpt_path=/nonexistent/last.ckpt"], "error: ckpt_path='/nonexistent/last.ckpt' does not exist"),
         ([f"ckpt_path={i['corrupt']}"], f"error: checkpoint {i['corrupt']} cannot be read"),
         ([*local, f"data.cache_dir={i['truncated']}"], "train-00000.bin has"),

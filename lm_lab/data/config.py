@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lm_lab.data.files import BAD_DOCUMENT, TXT_SPLITS
 from lm_lab.errors import raise_if
 
 SOURCES = ("embedded", "local", "hub")
@@ -21,17 +23,29 @@ class DataConfig:
     source: str = "embedded"
     """`embedded` (the Python standard library), `local` (files on disk) or `hub` (a Hugging Face dataset)."""
     path: str | None = None
-    """`hub`: the dataset id (`DKYoon/SlimPajama-6B`); `local`: a folder or file of .txt (one document each),
-    .jsonl/.json or .parquet (one document per row), a `datasets.save_to_disk` folder, or a folder laid out
-    like a hub dataset (e.g. data/train-*.parquet)."""
+    """`hub`: the dataset id (`DKYoon/SlimPajama-6B`), or a folder holding a local copy of it (read by the hub
+    dataset's own configs and splits, no network); `local`: a file or folder of .txt, .jsonl/.json, .csv or
+    .parquet files (the text ones also .gz/.bz2/.xz/.zst), a `datasets.save_to_disk` folder, or a folder laid
+    out like a hub dataset (README.md `configs:`, or split names in file names: data/train-*.parquet)."""
     config: str | None = None
-    """`hub`: the dataset configuration, e.g. `sample-10BT` for FineWeb-Edu."""
+    """The dataset configuration, e.g. `sample-10BT` for FineWeb-Edu: on the hub, or in a local README.md's
+    `configs:` (None: the default one)."""
     revision: str | None = None
     """`hub`: a commit or tag to pin the data to (recommended for published results)."""
     split: str = "train"
     """The dataset split the training documents come from."""
     text_field: str = "text"
-    """Column holding each document's text."""
+    """Column (or row field) holding each document's text; a dotted name reads a nested field (`meta.text`)."""
+    txt_split: str = "file"
+    """`.txt` files: `file` (each file is one document), `line` (each line) or `paragraph` (each run of
+    non-blank lines)."""
+    encoding: str = "utf-8"
+    """Text encoding of local files (Parquet stores its own)."""
+    encoding_errors: str = "strict"
+    """`strict`: an undecodable byte stops the read with the file and offset named; `replace`: read it as U+FFFD."""
+    on_bad_document: str = "error"
+    """A row that cannot be read (invalid JSON, no text field, a text that is not a string): `error` stops with
+    the file and row named; `skip` counts and skips it (reported, and recorded in meta.json)."""
     mode: str = "prepared"
     """`prepared`: tokenise once into sharded memory-mapped files (`lm-lab prepare-data`, or automatically
     at the first run) and train from them; `streaming`: tokenise on the fly from a `datasets` stream."""
@@ -73,6 +87,21 @@ class DataConfig:
             problems.append(f"data.path is required for data.source={self.source!r}")
         if self.source == "local" and self.path and not Path(self.path).expanduser().exists():
             problems.append(f"data.path={self.path!r} does not exist; point it at a folder or file of documents")
+        if self.source == "hub" and self.path and self.path.startswith(("/", ".", "~")) and not self.is_local:
+            problems.append(
+                f"data.path={self.path!r} does not exist; point it at the folder holding the local copy of the dataset"
+            )
+        for name, allowed in (("txt_split", TXT_SPLITS), ("on_bad_document", BAD_DOCUMENT)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"data.{name}={getattr(self, name)!r} is unknown; choose one of {list(allowed)}")
+        try:
+            codecs.lookup(self.encoding)
+        except (LookupError, TypeError):
+            problems.append(f"data.encoding={self.encoding!r} is not an encoding Python knows; e.g. utf-8 or latin-1")
+        try:
+            codecs.lookup_error(self.encoding_errors)
+        except (LookupError, TypeError):
+            problems.append(f"data.encoding_errors={self.encoding_errors!r} is unknown; choose strict or replace")
         if self.mode == "streaming" and self.val_split_tokens is None:
             problems.append(
                 "data.mode=streaming needs data.val_split_tokens (how much validation text to hold out), e.g. 3000000"
@@ -100,6 +129,14 @@ class DataConfig:
         if self.num_proc is not None and not (isinstance(self.num_proc, int) and self.num_proc >= 1):
             problems.append(f"data.num_proc={self.num_proc!r} must be a positive integer or null (all cores)")
         raise_if(problems)
+
+    @property
+    def is_local(self) -> bool:
+        """Whether the documents come from files on this machine: a local source, or a hub dataset whose
+        `path` is a folder holding its local copy (read with the hub's own configs and splits)."""
+        if self.source == "local":
+            return True
+        return self.source == "hub" and bool(self.path) and Path(self.path).expanduser().is_dir()
 
     @property
     def processes(self) -> int:

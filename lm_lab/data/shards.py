@@ -20,11 +20,15 @@ SPLITS = ("train", "val")
 FORMAT_VERSION = 2
 
 
-def held_out(text: str, val_fraction: float) -> bool:
+def held_out(text, val_fraction: float) -> bool:
     """Whether a document is a validation candidate: a hash of its text alone decides, so the choice is the same
-    on every run, machine and world size, and exact duplicates always fall on the same side."""
-    u = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big") / 2**64
-    return u < val_fraction
+    on every run, machine and world size, and exact duplicates always fall on the same side. `text` is a str or
+    a `files.LongText` (hashed piece by piece: the same value as its whole text's)."""
+    if isinstance(text, str):
+        digest = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
+    else:
+        digest = text.scan()[0]
+    return digest / 2**64 < val_fraction
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -35,17 +39,20 @@ def read_meta(token_dir: Path) -> dict:
     path = token_dir / "meta.json"
     if not path.exists():
         raise ConfigError(
-            f"{path} not found: the token files are not prepared; run `lm-lab prepare-data` with this run's data and tokenizer"
+            f"{path} not found: the token files are not prepared; run `lm-lab prepare-data` with this run's data and "
+            f"tokenizer (it rebuilds an incomplete folder)"
         )
     try:
         meta = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); delete {token_dir} and prepare it again") from None
+        raise ConfigError(
+            f"{path} is not valid JSON ({e}); `lm-lab prepare-data` with this run's settings rebuilds {token_dir}"
+        ) from None
     needed = ("dtype", "splits")  # what reading the shards needs; check_meta checks the tokenizer's fields
     missing = [k for k in needed if k not in meta] if isinstance(meta, dict) else list(needed)
     if missing:
         raise ConfigError(
-            f"{path} lacks {missing}: not made by lm_lab's prepare; delete {token_dir} and prepare it again"
+            f"{path} lacks {missing}: not made by lm_lab's prepare; `lm-lab prepare-data` with this run's settings rebuilds {token_dir}"
         )
     return meta
 
@@ -66,7 +73,7 @@ class TokenShards:
             if size != expected:
                 raise ConfigError(
                     f"token file {path} has {size} bytes but meta.json promises {shard['tokens']} tokens ({expected} "
-                    f"bytes): it is missing or truncated; delete {token_dir} and prepare it again"
+                    f"bytes): it is missing or truncated; `lm-lab prepare-data` with this run's settings rebuilds {token_dir}"
                 )
             tokens = np.memmap(path, dtype=dtype, mode="r") if shard["tokens"] else np.zeros(0, dtype)
             # ids beyond the vocabulary would fail deep inside the embedding, mid-training: refuse them at open
@@ -75,7 +82,7 @@ class TokenShards:
             if max_id >= meta.get("vocab_size", math.inf):
                 raise ConfigError(
                     f"token file {path} holds id {max_id}, beyond the {meta['vocab_size']} ids of tokenizer "
-                    f"{meta.get('tokenizer')}: it is damaged or from another tokenizer; delete {token_dir} and prepare it again"
+                    f"{meta.get('tokenizer')}: it is damaged or from another tokenizer; `lm-lab prepare-data` with this run's settings rebuilds {token_dir}"
                 )
             self.maps.append(tokens)
         self.sizes = np.array([len(m) for m in self.maps], dtype=np.int64)

@@ -65,9 +65,10 @@ class TokenizerConfig:
         """A folder name for token files made with this tokenizer (the exact identity is checked on load)."""
         if self.name == "bytes":
             return "bytes"
-        if self.name == "bpe":
-            return f"bpe{self.vocab_size}"
-        return f"{self.name}-{''.join(c if c.isalnum() or c in '.-_' else '_' for c in str(self.path))}"
+        if self.name == "bpe":  # the training corpus is in the folder above; its size cap is here
+            return f"bpe{self.vocab_size}-{self.train_bytes}b"
+        eot = f"-eot-{self.eot_token}" if self.eot_token else ""
+        return f"{self.name}-{''.join(c if c.isalnum() or c in '.-_' else '_' for c in str(self.path) + eot)}"
 
 
 class ByteTokenizer:
@@ -84,9 +85,15 @@ class ByteTokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
 
-    def encode_docs(self, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        """All documents as one array, each followed by end-of-text, and the per-document lengths."""
-        parts = [np.frombuffer(t.encode("utf-8") + b"\xff", dtype=np.uint8) for t in texts]
+    def encode_docs(
+        self, texts: list[str], dtype: np.dtype, ends: list[bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All texts as one array, each followed by end-of-text (only where `ends[i]`: the last piece of a
+        long document), and the per-text lengths."""
+        ends = ends or [True] * len(texts)
+        parts = [
+            np.frombuffer(t.encode("utf-8") + b"\xff" * e, dtype=np.uint8) for t, e in zip(texts, ends, strict=True)
+        ]
         tokens = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
         tokens[tokens == 255] = self.eot_id  # 0xff never occurs in UTF-8, so it marks the document ends
         return tokens, np.array([len(p) for p in parts], dtype=np.int64)
@@ -108,14 +115,32 @@ class _ListTokenizer:
 
     threads = True
 
-    def encode_docs(self, texts: list[str], dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-        ids = self.encode_batch(texts)
-        lengths = np.array([len(x) + 1 for x in ids], dtype=np.int64)
+    def encode_docs(
+        self, texts: list[str], dtype: np.dtype, ends: list[bool] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """All texts as one array, each followed by end-of-text (only where `ends[i]`), and the per-text lengths.
+
+        A text longer than `files.PIECE_CHARS` is encoded in pieces cut at pre-token boundaries (`files.cut`),
+        which bounds the tokenizer's memory (Hugging Face tokenizers take ~120 bytes per character) and gives
+        the tokens of the unsplit encoding."""
+        from lm_lab.data.files import PIECE_CHARS, split_pieces
+
+        ends = ends or [True] * len(texts)
+        flat, owner = [], []
+        for i, t in enumerate(texts):
+            for piece in split_pieces(t) if len(t) > PIECE_CHARS else (t,):
+                flat.append(piece)
+                owner.append(i)
+        ids = [[] for _ in texts]
+        for i, x in zip(owner, self.encode_batch(flat) if flat else [], strict=True):
+            ids[i].extend(x)
+        lengths = np.array([len(x) + e for x, e in zip(ids, ends, strict=True)], dtype=np.int64)
         tokens = np.empty(int(lengths.sum()), dtype=dtype)
-        ends = np.cumsum(lengths)
-        for x, end in zip(ids, ends, strict=True):
-            tokens[end - len(x) - 1 : end - 1] = x
-        tokens[ends - 1] = self.eot_id
+        stops = np.cumsum(lengths)
+        for x, stop, e in zip(ids, stops, ends, strict=True):
+            tokens[stop - len(x) - e : stop - e] = x
+            if e:
+                tokens[stop - 1] = self.eot_id
         return tokens, lengths
 
 
