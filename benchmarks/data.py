@@ -199,9 +199,15 @@ def write_corpus(texts: list[str], layout: str, folder: Path) -> Path:
             with open(folder / f"{i:0{width}d}.txt", "w", encoding="utf-8", newline="") as f:
                 f.write(t)
         return folder
-    with open(folder / "corpus.txt", "w", encoding="utf-8", newline="") as f:
+    # one training document in train/, and a validation/ split of a few small documents (a corpus of one
+    # document has no held-out side to speak of)
+    (folder / "train").mkdir()
+    (folder / "validation").mkdir()
+    with open(folder / "train" / "corpus.txt", "w", encoding="utf-8", newline="") as f:
         f.write("\n\n".join(texts))
-    return folder / "corpus.txt"
+    for i, t in enumerate(texts[:20]):
+        (folder / "validation" / f"held{i:02d}.txt").write_text(f"validation copy {i}\n{t[:2000]}", encoding="utf-8")
+    return folder
 
 
 def write_shares(texts: list[str], procs: int, folder: Path) -> list[Path]:
@@ -304,7 +310,9 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     texts = build_documents(args.mb, args.repeat)
     path = write_corpus(texts, args.layout, tmp / "corpus")
     single = args.layout == "single"
-    mb = (path.stat().st_size if single else sum(len(t.encode("utf-8")) for t in texts)) / 1e6
+    mb = (
+        (path / "train" / "corpus.txt").stat().st_size if single else sum(len(t.encode("utf-8")) for t in texts)
+    ) / 1e6
     docs = 1 if single else len(texts)
     tok_cfg = TokenizerConfig(name=args.tokenizer, vocab_size=4096 if args.tokenizer == "bpe" else 257)
 
@@ -314,6 +322,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             source="local",
             path=str(corpus),
             val_fraction=0.01,
+            val_from="validation" if single else None,
             cache_dir=str(tmp / cache),
             num_proc=procs,
         )
@@ -421,7 +430,6 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         print("  ".join(r[k].rjust(w) for k, w in widths.items()))
     print(
         "(ratio: prepare / bare loop with the same processes; RSS: VmHWM, bound = main + procs x largest worker;"
-        + (" single: one document is one task, so one worker tokenises it all;" if single else "")
         + " bare processes stream their documents from a file)"
     )
 

@@ -299,6 +299,7 @@ def test_bad_corpus_fails_with_one_line_before_training(documents, tmp_path):
     )
     assert proc.returncode == 2
     assert "part0.jsonl:1: data.text_field='content' is not a field" in proc.stderr and "Traceback" not in proc.stderr
+    assert any(line.startswith("error: ") for line in proc.stderr.splitlines())  # not glued to a progress bar
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

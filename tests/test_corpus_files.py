@@ -346,6 +346,7 @@ def test_cut_keeps_the_tokens_of_byte_level_bpes(tmp_path):
 
 
 def test_long_documents_are_tokenised_and_trained_on_in_pieces(tmp_path, monkeypatch):
+    monkeypatch.setattr(files_mod, "LONG_CHARS", 5000)
     monkeypatch.setattr(files_mod, "PIECE_CHARS", 1000)
     long_doc = "".join(f"line {i} of a long file, with words\n" for i in range(3000))  # ~110 kB
     small = texts(8, "small")

@@ -120,20 +120,23 @@ class _ListTokenizer:
     ) -> tuple[np.ndarray, np.ndarray]:
         """All texts as one array, each followed by end-of-text (only where `ends[i]`), and the per-text lengths.
 
-        A text longer than `files.PIECE_CHARS` is encoded in pieces cut at pre-token boundaries (`files.cut`),
+        A text longer than `files.LONG_CHARS` is encoded in pieces cut at pre-token boundaries (`files.cut`),
         which bounds the tokenizer's memory (Hugging Face tokenizers take ~120 bytes per character) and gives
         the tokens of the unsplit encoding."""
-        from lm_lab.data.files import PIECE_CHARS, split_pieces
+        from lm_lab.data.files import LONG_CHARS, split_pieces
 
         ends = ends or [True] * len(texts)
-        flat, owner = [], []
-        for i, t in enumerate(texts):
-            for piece in split_pieces(t) if len(t) > PIECE_CHARS else (t,):
-                flat.append(piece)
-                owner.append(i)
-        ids = [[] for _ in texts]
-        for i, x in zip(owner, self.encode_batch(flat) if flat else [], strict=True):
-            ids[i].extend(x)
+        if all(len(t) <= LONG_CHARS for t in texts):
+            ids = self.encode_batch(texts) if texts else []
+        else:
+            flat, owner = [], []
+            for i, t in enumerate(texts):
+                for piece in split_pieces(t) if len(t) > LONG_CHARS else (t,):
+                    flat.append(piece)
+                    owner.append(i)
+            ids = [[] for _ in texts]
+            for i, x in zip(owner, self.encode_batch(flat), strict=True):
+                ids[i].extend(x)
         lengths = np.array([len(x) + e for x, e in zip(ids, ends, strict=True)], dtype=np.int64)
         tokens = np.empty(int(lengths.sum()), dtype=dtype)
         stops = np.cumsum(lengths)
