@@ -18,62 +18,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 
-import lightning as L
 import torch
-from omegaconf import OmegaConf
+from trainer_overhead import lightning_loop, setup, sync  # the Trainer loop both benchmarks time
 
 from callbacks import AttentionMonitor
 from lm_lab.analysis import analyze, heatmap_image
-from lm_lab.config import compose
-from lm_lab.models import GPT, ModelConfig
-from lm_lab.module import LMModule
-from lm_lab.optim import OptimizerConfig, SchedulerConfig
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-class StepTimer(L.Callback):
-    """The wall time of each interval from one step's end to the next, keyed by the global step it ends at."""
-
-    def __init__(self):
-        self.times: dict[int, float] = {}
-        self._last: float | None = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        sync(pl_module.device)
-        now = time.perf_counter()
-        if self._last is not None:
-            self.times[trainer.global_step] = now - self._last
-        self._last = now
-
-
-def train(cfg: ModelConfig, batches: list[torch.Tensor], device: torch.device, bf16: bool, monitor) -> dict:
-    torch.manual_seed(0)
-    module = LMModule(cfg, OptimizerConfig(), SchedulerConfig(warmup_steps=0), max_steps=len(batches))
-    timer = StepTimer()
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
-            accelerator=device.type,
-            devices=1,
-            precision="bf16-mixed" if bf16 else "32-true",
-            max_steps=len(batches),
-            callbacks=[timer, *([monitor] if monitor is not None else [])],
-            logger=L.pytorch.loggers.TensorBoardLogger(tmp, name="", version=""),
-            log_every_n_steps=10,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
-            limit_val_batches=0,
-        )
-        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
-    return timer.times
+from lm_lab.models import GPT
 
 
 def main() -> None:
@@ -90,22 +42,18 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, nargs="+", default=[50, 100, 200, 500])
     args = parser.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    vocab = args.vocab_size or (4096 if args.model == "gpt2_tiny" else 50257)
-    values = OmegaConf.to_container(compose([f"model={args.model}"]).model, resolve=True)
-    cfg = ModelConfig(**{**values, "vocab_size": vocab})
-    seq_len = args.seq_len or cfg.block_size
+    cfg, seq_len, device, bf16 = setup(args.model, args.vocab_size, args.seq_len)
+    vocab = cfg.vocab_size
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (args.batch, seq_len + 1), generator=g) for _ in range(args.steps)]
     windows = torch.randint(0, vocab, (args.monitor_batch, seq_len + 1), generator=g)
 
     plain, fired, quiet = [], [], []
     for _ in range(args.rounds):  # alternate, so drift on a noisy machine hits both alike
-        times = train(cfg, batches, device, bf16, None)
+        times = lightning_loop(cfg, batches, device, bf16, callbacks=[])
         plain += [t for s, t in times.items() if s > args.warmup]
         monitor = AttentionMonitor(every_n_steps=args.every, batch_size=args.monitor_batch, windows=windows)
-        times = train(cfg, batches, device, bf16, monitor)
+        times = lightning_loop(cfg, batches, device, bf16, callbacks=[monitor])
         for s, t in times.items():
             if s > args.warmup:
                 (fired if (s - 1) % args.every == 0 else quiet).append(t)

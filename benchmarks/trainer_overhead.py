@@ -56,21 +56,26 @@ def bare_loop(cfg: ModelConfig, batches: list[torch.Tensor], device: torch.devic
 
 
 class StepTimer(L.Callback):
-    """Time from one step's end to the next: everything the Trainer does per step is inside."""
+    """Time from one step's end to the next (everything the Trainer does per step is inside), keyed by the
+    global step the interval ends at."""
 
     def __init__(self):
-        self.times: list[float] = []
+        self.times: dict[int, float] = {}
         self._last: float | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         sync(pl_module.device)
         now = time.perf_counter()
         if self._last is not None:
-            self.times.append(now - self._last)
+            self.times[trainer.global_step] = now - self._last
         self._last = now
 
 
-def lightning_loop(cfg: ModelConfig, batches: list[torch.Tensor], device: torch.device, bf16: bool) -> list[float]:
+def lightning_loop(
+    cfg: ModelConfig, batches: list[torch.Tensor], device: torch.device, bf16: bool, callbacks: list | None = None
+) -> dict[int, float]:
+    """`LMModule` in a `Trainer` (TensorBoard logger, no validation) over `batches`: step times by global step.
+    `callbacks` default to the lab's throughput callback."""
     torch.manual_seed(0)
     module = LMModule(cfg, OptimizerConfig(), SchedulerConfig(warmup_steps=0), max_steps=len(batches))
     timer = StepTimer()
@@ -80,17 +85,30 @@ def lightning_loop(cfg: ModelConfig, batches: list[torch.Tensor], device: torch.
             devices=1,
             precision="bf16-mixed" if bf16 else "32-true",
             max_steps=len(batches),
-            callbacks=[timer, TokenThroughput()],
+            callbacks=[timer, *(callbacks if callbacks is not None else [TokenThroughput()])],
             logger=L.pytorch.loggers.TensorBoardLogger(tmp, name="", version=""),
             log_every_n_steps=10,
             enable_checkpointing=False,
             enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            limit_val_batches=0,  # no validation in this comparison
+            limit_val_batches=0,  # no validation in these comparisons
         )
         trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
     return timer.times
+
+
+def setup(model: str, vocab_size: int | None, seq_len: int | None) -> tuple[ModelConfig, int, torch.device, bool]:
+    """(model config, sequence length, device, bf16) of a benchmark: the preset from conf/model, vocabulary 4096
+    for gpt2_tiny else 50257, the model's block size, CUDA with bf16 when there is one."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    vocab = vocab_size or (4096 if model == "gpt2_tiny" else 50257)
+    values = OmegaConf.to_container(compose([f"model={model}"]).model, resolve=True)
+    cfg = ModelConfig(**{**values, "vocab_size": vocab})
+    return cfg, seq_len or cfg.block_size, device, bf16
 
 
 def main() -> None:
@@ -104,21 +122,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternate bare/Lightning this many times (median)")
     args = parser.parse_args()
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-    vocab = args.vocab_size or (4096 if args.model == "gpt2_tiny" else 50257)
-    values = OmegaConf.to_container(compose([f"model={args.model}"]).model, resolve=True)
-    cfg = ModelConfig(**{**values, "vocab_size": vocab})
-    seq_len = args.seq_len or cfg.block_size
+    cfg, seq_len, device, bf16 = setup(args.model, args.vocab_size, args.seq_len)
+    vocab = cfg.vocab_size
     g = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, vocab, (args.batch, seq_len + 1), generator=g) for _ in range(args.steps)]
 
     medians = {"bare": [], "lightning": []}
     for _ in range(args.rounds):  # alternate, so drift on a noisy machine hits both alike
         medians["bare"].append(statistics.median(bare_loop(cfg, batches, device, bf16)[args.warmup :]))
-        medians["lightning"].append(statistics.median(lightning_loop(cfg, batches, device, bf16)[args.warmup :]))
+        times = lightning_loop(cfg, batches, device, bf16)
+        medians["lightning"].append(statistics.median(list(times.values())[args.warmup :]))
     bare, lit = statistics.median(medians["bare"]), statistics.median(medians["lightning"])
     tokens = args.batch * seq_len
     name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
