@@ -1436,6 +1436,14 @@ MUTANTS = [
         "a local copy reads the README's default config whatever data.config says",
     ),
     M(
+        "unassigned-files-dropped",
+        "lm_lab/data/files.py",
+        "    left = [f for f in data if f not in assigned]",
+        "    left = []",
+        ("tests/test_corpus_files.py::test_a_folder_is_read_as_what_it_holds",),
+        "files that split names in file names leave in no split are silently dropped",
+    ),
+    M(
         "compressed-unrecognised",
         "lm_lab/data/files.py",
         'if fmt != "parquet" and name.endswith(suffix + comp):',

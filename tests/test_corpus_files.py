@@ -236,6 +236,12 @@ def test_a_folder_is_read_as_what_it_holds(tmp_path, caplog):
     assert sorted(by_paragraph) == sorted(
         [f"title {i}\nline a" for i in range(60)] + [f"line b {i}" for i in range(60)]
     )
+    # files that the split names in file names leave in no split are named, not dropped
+    named = tmp_path / "named"
+    for name in ("train.jsonl", "test.jsonl", "notes.jsonl"):
+        jsonl(named / name, [{"text": t} for t in texts(3, name)])
+    with pytest.raises(ConfigError, match=r"leave 1 file\(s\) in no split \(notes\.jsonl\); rename them"):
+        prepare(cfg(named, tmp_path), BYTES, progress=False)
     # what the lab cannot read is named, not skipped
     (mixed / "scan.pdf").write_bytes(b"%PDF")
     with pytest.raises(ConfigError, match=r"holds 1 file\(s\) the lab cannot read \(1 .pdf: scan.pdf\)"):

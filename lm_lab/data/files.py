@@ -312,6 +312,14 @@ class Tally:
         if len(self.examples) < 5:
             self.examples.append(reason)
 
+    def no_text(self, cfg, split: str) -> ConfigError:
+        """The error for a split that yielded no document with text."""
+        first = f": {self.examples[0]}" if self.examples else ""
+        return ConfigError(
+            f"split {split!r} of data.path={cfg.path!r} has no documents with text ({self.blank} blank, "
+            f"{self.bad} bad{first}); check data.path, data.config and data.text_field"
+        )
+
     def as_dict(self) -> dict:
         return {
             "documents": self.documents,
@@ -585,7 +593,7 @@ def _parquet_rows(path: Path, rs: ReadSettings) -> Iterator[tuple[object, str]]:
 ROW_READERS = {"json": _json_rows, "csv": _csv_rows, "parquet": _parquet_rows}
 
 
-def _row_documents(path: Path, fmt: str, rs: ReadSettings, tally: Tally) -> Iterator[tuple[Document | None, str]]:
+def _row_documents(path: Path, fmt: str, rs: ReadSettings) -> Iterator[tuple[Document | None, str]]:
     for row, where in ROW_READERS[fmt](path, rs):
         if isinstance(row, _Bad):
             yield None, str(row)
@@ -612,7 +620,7 @@ def read_documents(files: list[Path], rs: ReadSettings, tally: Tally) -> Iterato
     for path in files:
         fmt, _ = file_format(path)
         before = tally.documents + tally.blank + tally.bad
-        docs = _text_documents(path, rs) if fmt == "text" else _row_documents(path, fmt, rs, tally)
+        docs = _text_documents(path, rs) if fmt == "text" else _row_documents(path, fmt, rs)
         for doc, where in docs:
             if doc is None:
                 if rs.on_bad_document == "skip":

@@ -105,7 +105,6 @@ def _init_worker(spec: tuple, dtype: str, val_fraction: float | None, held_out_o
 def _die_with_parent() -> None:
     """A worker whose parent process dies (killed, even by SIGKILL) exits at once instead of living on."""
     import multiprocessing.connection
-    import threading
 
     parent = multiprocessing.parent_process()
     if parent is None:
@@ -452,11 +451,7 @@ def _prepare_into(tmp: Path, cfg: DataConfig, tokenizer: Tokenizer, val_only: bo
             f", {tally.bad} bad skipped: {tally.examples[0]}" if tally.bad else "",
         )
         if tally.documents == 0:
-            raise ConfigError(
-                f"split {split!r} of data.path={cfg.path!r} has no documents with text "
-                f"({tally.blank} blank, {tally.bad} bad{': ' + tally.examples[0] if tally.examples else ''}); "
-                f"check data.path, data.config and data.text_field"
-            )
+            raise tally.no_text(cfg, split)
         if (
             files
             and files["expected_documents"]
@@ -523,11 +518,7 @@ def preflight(cfg: DataConfig, tok_cfg: TokenizerConfig) -> None:
     for split in splits_read(cfg):
         tally = Tally()
         if next(documents(cfg, split, tally), None) is None:
-            raise ConfigError(
-                f"split {split!r} of data.path={cfg.path!r} has no documents with text ({tally.blank} blank, "
-                f"{tally.bad} bad{': ' + tally.examples[0] if tally.examples else ''}); check data.path, data.config "
-                f"and data.text_field"
-            )
+            raise tally.no_text(cfg, split)
 
 
 def check_meta(token_dir: Path, tokenizer: Tokenizer) -> dict:

@@ -247,8 +247,3 @@ def batched(docs: Iterator, size: int) -> Iterator[list]:
 def texts_of(ds, cfg: DataConfig, batch_size: int = 256) -> Iterator[list[str]]:
     """Batches of the texts of a `datasets` dataset (a stream), checked as `documents` checks them."""
     yield from batched(_dataset_documents(ds, cfg, Tally(), batch_size), batch_size)
-
-
-def iter_texts(cfg: DataConfig, split: str | None = None, batch_size: int = 256) -> Iterator[list[Document]]:
-    """The documents of `split` in canonical order, in batches."""
-    yield from batched(documents(cfg, split), batch_size)
