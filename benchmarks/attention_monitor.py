@@ -1,7 +1,8 @@
 """What the attention-degeneration monitor costs: training steps without and with `AttentionMonitor`, alternating.
 
-One process alternates rounds of `--steps` training steps (`LMModule` in a `Trainer`, TensorBoard logger) without
-the monitor and with it measuring every `--every` steps (often, so that its cost is measured many times). Each
+One process alternates rounds of `--steps` training steps (the lab's `fit` on the embedded corpus in bytes, as
+throughput.py runs it: TensorBoard logger, none of the lab's callbacks) without the monitor and with it measuring every
+`--every` steps (often, so that its cost is measured many times). Each
 step is timed from one step's end to the next (the timer runs before the monitor, so a measurement after step s
 and the gradient norms of update s + 1 both fall in the interval ending at step s + 1). From the medians:
 
@@ -21,7 +22,7 @@ import statistics
 import time
 
 import torch
-from trainer_overhead import lightning_loop, setup, sync  # the Trainer loop both benchmarks time
+from throughput import default_vocab, lightning_loop, run_config, sync  # the Trainer loop both benchmarks time
 
 from callbacks import AttentionMonitor
 from lm_lab.analysis import analyze, heatmap_image
@@ -31,7 +32,7 @@ from lm_lab.models import GPT
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="gpt2_tiny")
-    parser.add_argument("--vocab-size", type=int, default=None, help="default: 4096 for gpt2_tiny, else 50257")
+    parser.add_argument("--vocab-size", type=int, default=None, help="default: 4096 for *_tiny, else 50257")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=None, help="default: the model's block_size")
     parser.add_argument("--steps", type=int, default=61, help="training steps per round")
@@ -42,18 +43,21 @@ def main() -> None:
     parser.add_argument("--intervals", type=int, nargs="+", default=[50, 100, 200, 500])
     args = parser.parse_args()
 
-    cfg, seq_len, device, bf16 = setup(args.model, args.vocab_size, args.seq_len)
-    vocab = cfg.vocab_size
+    vocab = args.vocab_size or default_vocab(args.model)
+    run = run_config(args.model, steps=args.steps, batch=args.batch, seq_len=args.seq_len, vocab_size=vocab)
+    derived = run.derive()
+    cfg, seq_len = derived.model, derived.train.seq_len
+    device = torch.device("cuda" if derived.trainer.uses_cuda else "cpu")
+    bf16 = derived.trainer.resolved_precision() == "bf16-mixed"
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, vocab, (args.batch, seq_len + 1), generator=g) for _ in range(args.steps)]
     windows = torch.randint(0, vocab, (args.monitor_batch, seq_len + 1), generator=g)
 
     plain, fired, quiet = [], [], []
     for _ in range(args.rounds):  # alternate, so drift on a noisy machine hits both alike
-        times = lightning_loop(cfg, batches, device, bf16, callbacks=[])
+        times = lightning_loop(run, callbacks=[])
         plain += [t for s, t in times.items() if s > args.warmup]
         monitor = AttentionMonitor(every_n_steps=args.every, batch_size=args.monitor_batch, windows=windows)
-        times = lightning_loop(cfg, batches, device, bf16, callbacks=[monitor])
+        times = lightning_loop(run, callbacks=[monitor])
         for s, t in times.items():
             if s > args.warmup:
                 (fired if (s - 1) % args.every == 0 else quiet).append(t)

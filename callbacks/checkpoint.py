@@ -8,8 +8,13 @@ holds the step's weight average, spike-monitor state and best-checkpoint bookkee
 trainer's checkpoint IO, atomic in this lab. Besides:
 
 - weights that are not finite are never saved (the run stops with the last checkpoint intact);
-- SIGTERM or SIGINT (SLURM's warning before a time limit, Ctrl-C) saves at the next step boundary and stops
-  the run (a second Ctrl-C stops at once);
+- SIGTERM or SIGINT (SLURM's preemption or `scancel`, Ctrl-C) saves at the next step boundary and stops the run
+  (a second Ctrl-C stops at once);
+- under SLURM, the requeue signal (`requeue_signal`, USR2 as submitit's `--signal=USR2@<signal_delay_s>` sends
+  before the time limit) saves at the next step boundary, requeues the job (`scontrol requeue`, as Lightning's
+  SLURM auto-requeue does) and stops; the requeued job runs the same command, which resumes from this checkpoint.
+  Lightning's own handler is off (`lm_lab.strategies.cluster_plugins`): it saves inside the signal handler,
+  possibly mid-step or mid-accumulation, from where no run resumes exactly;
 - the checkpoint records which TensorBoard steps are complete, and the metrics Lightning logs just after a
   step checkpoint, so a resumed run's curve equals the uninterrupted one step for step;
 - on resume, best checkpoints of a killed start that the restored bookkeeping does not know are deleted.
@@ -18,7 +23,10 @@ trainer's checkpoint IO, atomic in this lab. Besides:
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -39,11 +47,14 @@ class LastCheckpoint(Checkpoint):
         every_n_steps: int | None = 100,
         every_minutes: float | None = 30.0,
         stop_on_signals: bool = True,
+        requeue_signal: str = "USR2",
     ):
         self.path = Path(dirpath) / "last.ckpt"
         self.every_n_steps = every_n_steps
         self.every_minutes = every_minutes
         self.stop_on_signals = stop_on_signals
+        self.requeue_signal = requeue_signal
+        self._requeue = False
         self.clock = time.monotonic  # a test may replace it
         self._since = self.clock()
         self._trainer: L.Trainer | None = None
@@ -69,9 +80,12 @@ class LastCheckpoint(Checkpoint):
                 logger.log_metrics(pending, step=self._restored["log_from"])
                 logger.save()
         self._restored = {}
-        self._signal = None
+        self._signal, self._requeue = None, False
         if self.stop_on_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            signals = [signal.SIGTERM, signal.SIGINT]
+            if under_slurm() and self.requeue_signal:
+                signals.append(getattr(signal, f"SIG{self.requeue_signal.upper().removeprefix('SIG')}"))
+            for sig in signals:
                 self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame) -> None:
@@ -79,7 +93,10 @@ class LastCheckpoint(Checkpoint):
         if self._signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
         self._signal = name
-        log.warning("%s received: saving at the next step boundary, then stopping", name)
+        requeue = name.removeprefix("SIG") == self.requeue_signal.upper().removeprefix("SIG")
+        self._requeue = self._requeue or requeue
+        then = "requeueing the job" if requeue else "stopping"
+        log.warning("%s received: saving at the next step boundary, then %s", name, then)
 
     def _restore_handlers(self) -> None:
         for sig, handler in self._previous_handlers.items():
@@ -111,7 +128,7 @@ class LastCheckpoint(Checkpoint):
         if by_steps or by_time or stop:
             self._save(trainer, pl_module)
         if stop:
-            raise StopRequested(f"{self._signal or 'a stop signal'} received")
+            self._stop(trainer)
 
     @staticmethod
     def _agreed(trainer: L.Trainer, stop: bool, by_time: bool) -> tuple[bool, bool]:
@@ -128,10 +145,19 @@ class LastCheckpoint(Checkpoint):
         self._save(trainer, pl_module)
         stop, _ = self._agreed(trainer, self._signal is not None, False)
         if stop and trainer.global_step < trainer.max_steps:  # at max_steps the run ends here anyway
-            raise StopRequested(f"{self._signal or 'a stop signal'} received")
+            self._stop(trainer)
+
+    def _stop(self, trainer: L.Trainer) -> None:
+        """After the save: requeue the SLURM job if its requeue signal came (rank zero asks), then stop."""
+        what = f"{self._signal or 'a stop signal'} received"
+        if self._requeue and trainer.is_global_zero:
+            what += "; " + requeue_slurm_job()
+        raise StopRequested(what)
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         finite = torch.stack([p.isfinite().all() for p in pl_module.parameters()]).all()
+        if trainer.world_size > 1:  # under FSDP each rank checks its shard: all must agree before the collective save
+            finite = trainer.strategy.reduce(finite.float(), reduce_op="min") > 0
         if not finite:  # one synchronisation per checkpoint
             raise NonFiniteError(
                 f"the weights are non-finite after step {trainer.global_step}; they were not saved and the last "
@@ -185,3 +211,24 @@ def _prune_unknown_best(trainer: L.Trainer) -> None:
             if str(path.resolve()) not in known:
                 log.info("removing %s: a best checkpoint the resumed run does not keep", path)
                 path.unlink()
+
+
+def under_slurm() -> bool:
+    """Running as a SLURM job step (not an interactive shell on an allocation): Lightning's own test."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
+
+
+def requeue_slurm_job() -> str:
+    """Put this SLURM job back in the queue, as Lightning's SLURM auto-requeue does (`scontrol requeue JOB`, an
+    array task as ARRAYJOB_TASK); what happened, in words."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID", "")
+    if not re.fullmatch(r"[0-9_]+", job):
+        return f"not requeued (no SLURM job id, SLURM_JOB_ID={job!r})"
+    try:
+        code = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        return f"not requeued: scontrol is not on PATH (job {job})"
+    return f"job {job} requeued" if code == 0 else f"requeueing job {job} failed (scontrol exit status {code})"

@@ -27,11 +27,13 @@ class TokenThroughput(L.Callback):
         self.flops_per_token = 0
         self.peak_tflops: float | None = None  # per device, instead of the device table (fit: budget.peak_tflops)
         self._elapsed, self._t0, self._last_step = 0.0, self.clock(), 0
+        self._first_step, self._final = 0, None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         peak = peak_flops(trainer.strategy.root_device, trainer.precision, self.peak_tflops)  # dense peaks
         self._throughput = Throughput(available_flops=peak, world_size=trainer.world_size, window_size=self.window_size)
         self._elapsed, self._t0, self._last_step = 0.0, self.clock(), trainer.global_step
+        self._first_step, self._final = trainer.global_step, None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if not self.tokens_per_step:
@@ -77,3 +79,10 @@ class TokenThroughput(L.Callback):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and trainer.state.fn == "fit":
             self._t0 = self.clock()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._final = (trainer.global_step - self._first_step, self._elapsed + self.clock() - self._t0)
+
+    def measured(self) -> tuple[int, float] | None:
+        """(optimizer steps, seconds) of this start's training, validation excluded; None before training ended."""
+        return self._final

@@ -17,15 +17,24 @@ import numpy as np
 import torch
 
 from lm_lab.errors import ConfigError
+from lm_lab.fileio import atomic_open
 from lm_lab.inherit.surgery import every_other, half_width, hybrid_stack, inherit, stack
 from lm_lab.models import GPT, ModelConfig
 from lm_lab.optim import OptimizerConfig
+from lm_lab.strategies import is_sharded_checkpoint, recover_swaps
 
 log = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: Path) -> dict:
-    """Open a checkpoint safely (`weights_only=True`, memory-mapped) and check it is a complete training state."""
+    """Open a checkpoint safely (`weights_only=True`, memory-mapped) and check it is a complete training state.
+
+    A sharded FSDP checkpoint (a folder) is read without its tensors: its metadata, and the model's tensors as
+    meta-device placeholders with their shapes (enough to check a resume); `ckpt["sharded"]` is then True."""
+    if is_sharded_checkpoint(path):
+        return _read_sharded(Path(path))
+    if Path(path).is_dir():
+        raise ConfigError(f"checkpoint {path} is a folder but not a sharded FSDP checkpoint (no .metadata and meta.pt)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # truncated zip, garbage, or objects that are not plain data
@@ -36,6 +45,66 @@ def read_checkpoint(path: Path) -> dict:
     if missing:
         raise ConfigError(f"checkpoint {path} is not a training checkpoint of this lab (missing {missing})")
     return ckpt
+
+
+def _read_sharded(path: Path) -> dict:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        ckpt = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
+        tensors = FileSystemReader(path).read_metadata().state_dict_metadata
+    except Exception as e:
+        raise ConfigError(
+            f"sharded checkpoint {path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+        ) from e
+    if "global_step" not in ckpt or not any(k.startswith("model.") for k in tensors):
+        raise ConfigError(f"checkpoint {path} is not a training checkpoint of this lab (no global_step or model)")
+    ckpt["state_dict"] = {  # the saved keys are `model.` + the LightningModule's state-dict keys
+        k.removeprefix("model."): torch.empty(tuple(md.size), dtype=md.properties.dtype, device="meta")
+        for k, md in tensors.items()
+        if k.startswith("model.") and hasattr(md, "size")
+    }
+    ckpt["sharded"] = True
+    return ckpt
+
+
+def full_checkpoint(path: str | Path) -> dict:
+    """A sharded FSDP checkpoint gathered in memory as one checkpoint dict (the optimizer state numbered as a plain
+    optimizer's); a checkpoint file as it is."""
+    from lightning.fabric.utilities.load import _load_distributed_checkpoint
+    from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
+
+    path = Path(path)
+    if not is_sharded_checkpoint(path):
+        return read_checkpoint(path)
+    ckpt = _format_checkpoint(_load_distributed_checkpoint(path))
+    ckpt["optimizer_states"] = [_indexed_optimizer_state(s) for s in ckpt.get("optimizer_states", [])]
+    return ckpt
+
+
+def consolidate(path: str | Path, out: str | Path) -> dict:
+    """One checkpoint file from a sharded FSDP checkpoint folder (Lightning's consolidation: torch distributed
+    checkpoint's loader, no process group needed), with the optimizer state keyed as a plain optimizer's (by
+    parameter index), so single-device runs resume it, `load_model` and every tool read it. Written atomically;
+    returns the checkpoint."""
+    path, out = Path(path), Path(out)
+    if not is_sharded_checkpoint(path):
+        raise ConfigError(f"{path} is not a sharded FSDP checkpoint (a folder with .metadata and meta.pt)")
+    ckpt = full_checkpoint(path)
+    with atomic_open(out, "wb") as f:
+        torch.save(ckpt, f)
+    return ckpt
+
+
+def _indexed_optimizer_state(state: dict) -> dict:
+    """FSDP's optimizer state dict (parameters named) as `torch.optim.Optimizer.state_dict()` gives it (parameters
+    numbered in the order of the groups' lists)."""
+    names = [name for group in state["param_groups"] for name in group["params"]]
+    if not names or not isinstance(names[0], str):
+        return state
+    index = {name: i for i, name in enumerate(names)}
+    groups = [{**g, "params": [index[n] for n in g["params"]]} for g in state["param_groups"]]
+    return {"state": {index[n]: v for n, v in state["state"].items()}, "param_groups": groups}
 
 
 def resume_checkpoint(
@@ -51,6 +120,8 @@ def resume_checkpoint(
         return None, None
     for stale in checkpoint_dir.glob(".*.tmp") if clean and checkpoint_dir.is_dir() else []:
         stale.unlink()  # a write cut short by a crash: never a checkpoint (only the run's lock holder cleans)
+    if clean and checkpoint_dir.is_dir():
+        recover_swaps(checkpoint_dir)  # a sharded checkpoint's swap cut short
     found, damaged = [], []
     for path in sorted(checkpoint_dir.glob("*.ckpt")) if checkpoint_dir.is_dir() else []:
         try:
@@ -324,8 +395,12 @@ def read_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]
 def read_model_state(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """The model config and weights of a lab checkpoint file or run directory (its checkpoints/last.ckpt)."""
     path = Path(path).expanduser()
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         path = path / "checkpoints" / "last.ckpt" if (path / "checkpoints").is_dir() else path / "last.ckpt"
+    if is_sharded_checkpoint(path):
+        raise ConfigError(
+            f"{path} is a sharded FSDP checkpoint; make one file of it first: lm-lab consolidate {path} OUT.ckpt"
+        )
     if not path.is_file():
         raise ConfigError(f"{path} not found; give a lab checkpoint (RUN/checkpoints/last.ckpt) or a run directory")
     ckpt = read_checkpoint(path)

@@ -258,6 +258,19 @@ def export(args: argparse.Namespace) -> str:
     return f"exported to {to_hf(args.checkpoint, args.out)}"
 
 
+def consolidate(args: argparse.Namespace) -> str:
+    from lm_lab.checkpoint import consolidate as to_file
+    from lm_lab.checkpoint import read_model_state
+
+    src = Path(args.checkpoint).expanduser()
+    if src.is_dir() and (src / "checkpoints" / "last.ckpt").exists():  # a run directory: its last checkpoint
+        src = src / "checkpoints" / "last.ckpt"
+    out = Path(args.out) if args.out else src.with_name(src.name.removesuffix(".ckpt") + ".consolidated.ckpt")
+    ckpt = to_file(src, out)
+    cfg, state = read_model_state(out)  # read back as every tool reads it
+    return f"{out}: step {ckpt['global_step']}, {len(state)} tensors of {cfg.name} (read back with load_model)"
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     from lm_lab.evaluate import evaluate as run_tasks
 
@@ -350,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("checkpoint", help="a lab checkpoint or a run directory")
     p.add_argument("out", help="a new (or empty) folder")
     p.set_defaults(func=export)
+    p = sub.add_parser("consolidate", help="one checkpoint file from a sharded FSDP checkpoint folder")
+    p.add_argument("checkpoint", help="a sharded checkpoint folder (RUN/checkpoints/last.ckpt) or a run directory")
+    p.add_argument("out", nargs="?", default=None, help="the file to write (default: NAME.consolidated.ckpt beside it)")
+    p.set_defaults(func=consolidate)
     p = sub.add_parser("eval", help="zero-shot tasks through lm-evaluation-harness (the model exported on the fly)")
     p.add_argument("checkpoint", help="a lab checkpoint, a run directory or a Hugging Face model folder")
     p.add_argument("--tasks", required=True, help="comma-separated lm-eval tasks, e.g. arc_easy,lambada_openai,sciq")
@@ -369,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(r.startswith("-") for r in rest):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.overrides = [*getattr(args, "overrides", []), *rest]
-    if args.func in (sample, export, evaluate) and args.overrides:
+    if args.func in (sample, export, evaluate, consolidate) and args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     try:
         out = args.func(args)

@@ -34,6 +34,7 @@ from lm_lab.models import ModelConfig
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, lr_multiplier
 from lm_lab.scaling.budget import BudgetConfig, budget_steps
 from lm_lab.scaling.width_depth import register_resolvers
+from lm_lab.strategies import FSDPConfig, build_strategy
 
 register_resolvers()  # ${lm_lab.width_for:...} in conf/experiment/width_depth.yaml, wherever a config is resolved
 
@@ -140,10 +141,14 @@ class TrainerConfig:
     accelerator: str = "auto"
     """`auto` (a CUDA GPU when visible), `cpu`, `gpu`/`cuda` or `mps`."""
     devices: Any = 1
-    """Devices per node: a positive number, `auto`/-1 (all visible), or a list of device indices."""
-    num_nodes: int = 1
+    """Devices per node: a positive number, `auto`/-1 (under SLURM the tasks per node, else all visible GPUs),
+    or a list of device indices."""
+    num_nodes: Any = 1
+    """Nodes: a positive number, or `auto` (under SLURM the job's nodes, else 1)."""
     strategy: str = "auto"
-    """Lightning's strategy: `auto`, `ddp`, `fsdp`, ..."""
+    """Lightning's strategy: `auto` (one device), `ddp`, `fsdp` (with `trainer.fsdp`), or another Lightning name."""
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    """`trainer.strategy=fsdp`: what is sharded, activation checkpointing, the checkpoint format."""
     precision: str = "auto"
     """`auto` (bf16-mixed on a GPU with native bf16, else 32-true) or any Lightning precision, e.g. bf16-mixed."""
     enable_progress_bar: bool = True
@@ -171,8 +176,15 @@ class TrainerConfig:
         )
         if not ok:
             problems.append(f"trainer.devices={d!r} must be a positive number, auto (or -1) or a list of device ids")
-        if not _positive_int(self.num_nodes):
-            problems.append(f"trainer.num_nodes={self.num_nodes!r} must be a positive integer")
+        if not (_positive_int(self.num_nodes) or self.num_nodes == "auto"):
+            problems.append(f"trainer.num_nodes={self.num_nodes!r} must be a positive integer or auto")
+        if isinstance(self.fsdp, dict):
+            try:
+                self.fsdp = FSDPConfig(**self.fsdp)
+            except ConfigError as e:
+                problems += e.problems
+            except TypeError as e:
+                problems.append(f"trainer.fsdp: {e}")
         if not isinstance(self.num_sanity_val_steps, int) or self.num_sanity_val_steps < -1:
             problems.append(f"trainer.num_sanity_val_steps={self.num_sanity_val_steps!r} must be an integer >= -1")
         for name in ("enable_progress_bar", "enable_model_summary"):
@@ -185,17 +197,29 @@ class TrainerConfig:
         """Whether the Trainer this config builds runs on CUDA GPUs (`auto` picks them when any is visible)."""
         return self.accelerator in ("gpu", "cuda") or (self.accelerator == "auto" and torch.cuda.is_available())
 
+    def resolved_devices(self):
+        """`devices` for the Trainer: `auto` under SLURM is its tasks per node (one process per GPU)."""
+        if self.devices in ("auto", -1, "-1") and _slurm_count("SLURM_NTASKS_PER_NODE"):
+            return _slurm_count("SLURM_NTASKS_PER_NODE")
+        return self.devices
+
+    def resolved_nodes(self) -> int:
+        """`num_nodes` for the Trainer: `auto` is the SLURM job's node count, or 1 outside SLURM."""
+        if self.num_nodes == "auto":
+            return _slurm_count("SLURM_JOB_NUM_NODES") or _slurm_count("SLURM_NNODES") or 1
+        return self.num_nodes
+
     @property
     def world_size(self) -> int:
         """Processes the Trainer will start, known before it is built (so accumulation can be derived)."""
-        d = self.devices
+        d = self.resolved_devices()
         if isinstance(d, list | tuple):
             n = len(d)
         elif d in ("auto", -1, "-1"):
             n = torch.cuda.device_count() if self.uses_cuda else 1
         else:
             n = int(d)
-        return max(1, n) * self.num_nodes
+        return max(1, n) * self.resolved_nodes()
 
     def resolved_precision(self) -> str:
         """`auto`: bf16-mixed on a CUDA GPU that supports it, full fp32 elsewhere."""
@@ -205,9 +229,24 @@ class TrainerConfig:
         native_bf16 = self.uses_cuda and torch.cuda.is_bf16_supported(including_emulation=False)
         return "bf16-mixed" if native_bf16 else "32-true"
 
-    def lightning_kwargs(self) -> dict:
-        """The Trainer arguments of this config (precision resolved)."""
-        return {**asdict(self), "precision": self.resolved_precision()}
+    def lightning_kwargs(self, model: ModelConfig | None = None) -> dict:
+        """The Trainer arguments of this config: precision, devices and nodes resolved, the strategy built for
+        `model` (FSDP wraps its blocks). `fit` adds the plugins (checkpoint IO, Lightning's SLURM environment)."""
+        kwargs = {k: v for k, v in asdict(self).items() if k != "fsdp"}
+        strategy = build_strategy(self.strategy, self.fsdp, model) if model is not None else self.strategy
+        return {
+            **kwargs,
+            "precision": self.resolved_precision(),
+            "devices": self.resolved_devices(),
+            "num_nodes": self.resolved_nodes(),
+            "strategy": strategy,
+        }
+
+
+def _slurm_count(name: str) -> int | None:
+    """A SLURM count variable as an int (`4(x2)`, SLURM's per-node list for uniform nodes, is 4)."""
+    value = os.environ.get(name, "").split("(")[0].split(",")[0]
+    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 INITS = ("random", "fork", "weights", "inheritune", "stacking", "hybrid_stacking", "half_width", "every_other")

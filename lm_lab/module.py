@@ -14,6 +14,7 @@ from dataclasses import asdict, replace
 
 import lightning as L
 import torch
+from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torchmetrics import MeanMetric
 
@@ -210,7 +211,11 @@ class LMModule(L.LightningModule):
         # Clip here rather than with Trainer(gradient_clip_val): Lightning's AMP plugin refuses that with fused
         # AdamW. Gradients are unscaled here: bf16 has no loss scaling, and with fp16 Lightning unscales first.
         clip = self.optimizer_config.grad_clip or math.inf
-        norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
+        wrapped = self.trainer.strategy.model
+        if isinstance(wrapped, FullyShardedDataParallel):  # each rank holds a shard: FSDP's norm is the global one
+            norm = wrapped.clip_grad_norm_(clip)
+        else:  # one device, or DDP (every rank holds the averaged gradients)
+            norm = torch.nn.utils.clip_grad_norm_(self.parameters(), clip)
         if getattr(self.trainer.precision_plugin, "scaler", None) is not None:
             # fp16: an overflowing gradient is routine (the scaler skips that step and lowers its scale); only a
             # non-finite loss is a real failure

@@ -9,14 +9,28 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lm_lab.errors import ConfigError
 from lm_lab.fileio import atomic_write_json
 
-ADDED_LATER = ("val_bpb", "val_bytes", "params_active", "init_reference", "distill")
+ADDED_LATER = (
+    "val_bpb",
+    "val_bytes",
+    "params_active",
+    "init_reference",
+    "distill",
+    "samples_per_sec",
+    "tokens_per_sec_per_device",
+    "samples_per_sec_per_device",
+    "step_tokens_per_sec",
+    "step_mfu",
+    "devices",
+    "device_name",
+    "peak_flops_per_device",
+)
 """Keys that results.json files of older lm_lab versions lack; they load as null."""
 
 
@@ -81,10 +95,27 @@ class Results:
     """Seconds of training of the last start alone."""
     tokens_per_sec: float | None
     """tokens / train_seconds."""
+    samples_per_sec: float | None
+    """Training sequences (of seq_len tokens) per second: steps x batch_size / train_seconds."""
+    tokens_per_sec_per_device: float | None
+    """tokens_per_sec / devices."""
+    samples_per_sec_per_device: float | None
+    """samples_per_sec / devices."""
     mfu: float | None
-    """Achieved model FLOPs utilisation: flops / (train_seconds x the devices' dense peak) (PaLM App. B), the
-    validations and checkpoints inside train_seconds included; null off a GPU of the device table (or give
-    budget.peak_tflops)."""
+    """Achieved model FLOPs utilisation: flops / (train_seconds x devices x the device's dense peak) (PaLM App. B),
+    the validations and checkpoints inside train_seconds included; the mean over devices, which is also each
+    device's (they share the work equally). Null off a GPU of the device table (or give budget.peak_tflops)."""
+    step_tokens_per_sec: float | None
+    """Tokens per second of the last start's training steps alone (validation excluded; callbacks.throughput's
+    clock): the figure to compare with a benchmark. Null without the throughput callback."""
+    step_mfu: float | None
+    """MFU of the same training steps (step_tokens_per_sec x flops_per_token / (devices x peak))."""
+    devices: int | None
+    """Processes that trained together (devices per node x nodes)."""
+    device_name: str | None
+    """The accelerator (`torch.cuda.get_device_name()`, or `cpu`)."""
+    peak_flops_per_device: float | None
+    """The dense peak FLOP/s per device MFU is measured against (lm_lab/devices.py, at the run's precision)."""
     wall_seconds: float
     """Wall-clock seconds of the last start, checks, data preparation and evaluation included."""
     starts: int
@@ -135,7 +166,9 @@ class Results:
         return [f.name for f in fields(cls) if f.name != "module"]
 
     def to_dict(self) -> dict:
-        out = {k: v for k, v in asdict(self).items() if k != "module"}
+        # not asdict(): it deep-copies every field, the trained module (all its weights) included
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "module"}
+        out["overrides"] = list(out["overrides"])
         return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
 
     def save(self, run_dir: str | Path) -> Path:

@@ -41,6 +41,7 @@ from callbacks.throughput import TokenThroughput
 from lm_lab.checkpoint import (
     check_compatible,
     check_fork_optimizer,
+    full_checkpoint,
     read_checkpoint,
     resume_checkpoint,
     start_weights,
@@ -64,6 +65,7 @@ from lm_lab.models import (
 from lm_lab.module import LMModule
 from lm_lab.results import Results
 from lm_lab.scaling.budget import NO_STEP_LIMIT, describe, token_flops
+from lm_lab.strategies import cluster_plugins
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,7 @@ def fit(
                 check_fork_optimizer(ckpt_path, ckpt, run.optimizer, allow=run.init.allow_optimizer_change)
         run = base.derive(fork_step=fork_step)
         tr = run.train
+        _check_strategy(run, callbacks, ckpt_path, ckpt)
         preflight(run.data, run.tokenizer)
         if ckpt is not None:
             check_compatible(ckpt_path, ckpt, run)
@@ -168,7 +171,8 @@ def fit(
                 )
                 done.module = module_cls(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
                 done.module.configure_model()
-                done.module.load_state_dict(ckpt["state_dict"])  # its final weights (x for schedule-free)
+                weights = full_checkpoint(ckpt_path)["state_dict"] if ckpt.get("sharded") else ckpt["state_dict"]
+                done.module.load_state_dict(weights)  # its final weights (x for schedule-free)
                 return done
         elif run.init.name not in ("random", "fork"):  # weights, or a weight surgery (init=inheritune, ...)
             weights = start_weights(run.init, run.model)  # mapped onto this model and checked, tensors named
@@ -209,7 +213,7 @@ def fit(
             if isinstance(lg, TensorBoardLogger):
                 lg._kwargs["purge_step"] = purge  # read when the SummaryWriter is created, at the first log
         trainer = L.Trainer(
-            **run.trainer.lightning_kwargs(),
+            **run.trainer.lightning_kwargs(run.model),
             max_steps=tr.max_steps,
             accumulate_grad_batches=run.accumulate_grad_batches,
             val_check_interval=tr.val_every * run.accumulate_grad_batches,  # counted in micro-batches
@@ -218,7 +222,8 @@ def fit(
             log_every_n_steps=tr.log_every,
             callbacks=callbacks,
             logger=loggers,
-            plugins=[checkpoint_io or AtomicCheckpointIO()],  # atomic: a crash mid-write never damages a checkpoint
+            # atomic: a crash mid-write never damages a checkpoint; under SLURM, Lightning's SLURM environment
+            plugins=[checkpoint_io or AtomicCheckpointIO(), *cluster_plugins()],
             default_root_dir=run_dir,
         )
         if trainer.world_size != run.world_size:
@@ -296,7 +301,26 @@ def fit(
                 results.wall_seconds,
                 run_dir / "results.json",
             )
+            log.info("%s", throughput_line(results))
         return results
+
+
+def _check_strategy(run: RunConfig, callbacks, ckpt_path, ckpt) -> None:
+    """What a strategy cannot do, refused before any work: a sharded checkpoint resumed without FSDP, and weight
+    averaging under FSDP (its average is a full, unsharded copy of the model)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    fsdp = run.trainer.strategy == "fsdp"
+    if ckpt is not None and ckpt.get("sharded") and not fsdp:
+        raise ConfigError(
+            f"{ckpt_path} is a sharded FSDP checkpoint: resume it with trainer=fsdp, or make one file of it "
+            f"(lm-lab consolidate {ckpt_path} OUT.ckpt) and resume that with ckpt_path=OUT.ckpt"
+        )
+    if fsdp and any(isinstance(c, WeightAveraging) for c in callbacks or ()):
+        raise ConfigError(
+            "weight averaging (callbacks with AveragedWeights) keeps a full, unsharded copy of the model and does "
+            "not run under trainer.strategy=fsdp; use trainer=ddp, or drop the averaging callback"
+        )
 
 
 def data_module(run: RunConfig, val_tokens: int | None | str = "val_tokens") -> LMDataModule:
@@ -379,12 +403,51 @@ def _budget_figures(run: RunConfig, tokens: int, seconds: float, budget) -> dict
     return out
 
 
-def _mfu(run: RunConfig, trainer: L.Trainer, flops: float, seconds: float) -> float | None:
-    """Achieved MFU over the training seconds (validations and checkpoints included), PaLM App. B."""
-    peak = peak_flops(trainer.strategy.root_device, trainer.precision, run.budget.peak_tflops)
-    if not peak or seconds <= 0:
-        return None
-    return flops / (seconds * peak * trainer.world_size)
+def _throughput(run: RunConfig, trainer: L.Trainer, module: LMModule) -> dict:
+    """Tokens and sequences per second, overall and per device, and MFU (PaLM App. B: model FLOPs per second over
+    the devices' dense peak): over train_seconds (validations and checkpoints inside), and over this start's
+    training steps alone (the throughput callback's clock)."""
+    tr, world = run.train, trainer.world_size
+    device = trainer.strategy.root_device
+    peak = peak_flops(device, trainer.precision, run.budget.peak_tflops)
+    fpt = flops_per_token(run.model, tr.seq_len)
+    seconds = module.train_seconds()
+    tokens = trainer.global_step * run.tokens_per_step
+    per_sec = tokens / seconds if seconds > 0 else None
+    measured = next((c.measured() for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
+    steps, step_seconds = measured if measured else (0, 0.0)
+    step_rate = steps * run.tokens_per_step / step_seconds if steps and step_seconds > 0 else None
+    return {
+        "tokens_per_sec": per_sec,
+        "samples_per_sec": per_sec / tr.seq_len if per_sec else None,
+        "tokens_per_sec_per_device": per_sec / world if per_sec else None,
+        "samples_per_sec_per_device": per_sec / tr.seq_len / world if per_sec else None,
+        "mfu": per_sec * fpt / (peak * world) if per_sec and peak else None,
+        "step_tokens_per_sec": step_rate,
+        "step_mfu": step_rate * fpt / (peak * world) if step_rate and peak else None,
+        "devices": world,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+        "peak_flops_per_device": peak,
+    }
+
+
+def throughput_line(results: Results) -> str:
+    """The run's speed in one line (logged at the end of every run)."""
+    r = results
+
+    def rate(x: float | None, unit: str) -> str:
+        return f"{x:,.0f} {unit}/s" if x else f"- {unit}/s"
+
+    mfu = f"MFU {100 * r.mfu:.1f}%" if r.mfu is not None else "MFU n/a (no peak for this device)"
+    step = f" | training steps alone: {rate(r.step_tokens_per_sec, 'tokens')}" if r.step_tokens_per_sec else ""
+    if r.step_mfu is not None:
+        step += f", MFU {100 * r.step_mfu:.1f}%"
+    peak = f" of {r.peak_flops_per_device / 1e12:.1f} TFLOP/s" if r.peak_flops_per_device else ""
+    return (
+        f"throughput: {rate(r.tokens_per_sec, 'tokens')} ({rate(r.tokens_per_sec_per_device, 'tokens')} per device), "
+        f"{rate(r.samples_per_sec, 'samples')} ({rate(r.samples_per_sec_per_device, 'samples')} per device) on "
+        f"{r.devices} x {r.device_name} | {mfu}{peak}{step}"
+    )
 
 
 def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrides, started, budget) -> Results:
@@ -429,8 +492,7 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
         tokens_per_step=run.tokens_per_step,
         train_seconds=total,
         train_seconds_last_start=total - module.train_seconds_before,
-        tokens_per_sec=tokens / total if total > 0 else None,
-        mfu=_mfu(run, trainer, tokens * fpt, total),
+        **_throughput(run, trainer, module),
         **_budget_figures(run, tokens, total, budget),
         wall_seconds=time.time() - started,
         starts=module.starts,

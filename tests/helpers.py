@@ -106,3 +106,28 @@ class CrashingCheckpointIO(AtomicCheckpointIO):
             f.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillRank(L.Callback):
+    """SIGKILLs one process, global rank `rank`, when global step `step` is reached (a node or GPU lost mid-run:
+    the other ranks are left waiting in a collective)."""
+
+    def __init__(self, step: int, rank: int = 1):
+        self.step, self.rank = step, rank
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and trainer.global_rank == self.rank:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+class StepSnapshots(ModelCheckpoint):
+    """`step_snapshots` for a config: `checkpoints/step<N>.ckpt` every `every` steps, all kept."""
+
+    def __init__(self, dirpath: str, every: int):
+        super().__init__(
+            dirpath=dirpath,
+            filename="step{step}",
+            auto_insert_metric_name=False,
+            every_n_train_steps=every,
+            save_top_k=-1,
+        )

@@ -83,12 +83,41 @@ class OptimizerConfig:
                 )
         if self.name == "muon" and not hasattr(torch.optim, "Muon"):
             problems.append(f"optimizer.name=muon needs torch.optim.Muon (torch >= 2.9; this is {torch.__version__})")
+        if self.name == "muon" and strategy == "fsdp":
+            problems.append(
+                "optimizer.name=muon orthogonalises whole matrices, which trainer.strategy=fsdp splits over ranks; "
+                "use trainer=ddp with Muon, or optimizer=adamw under FSDP"
+            )
         return problems
 
 
 def embedding_ids(model: nn.Module) -> set[int]:
     """The ids of every nn.Embedding's tensors: a head tied to the token embedding is the same tensor, so in."""
     return {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+
+
+WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def original_ndims(model: nn.Module) -> dict[int, int]:
+    """Each parameter's dimensions as the model built it, by id. Under FSDP (`use_orig_params`) a parameter is a
+    flat 1-D view of this rank's shard, so its own `ndim` no longer tells a matrix from a bias; the names do
+    (wrapper prefixes removed), checked against the same model built on the meta device. Empty for a module
+    that is not a lab `GPT`."""
+    from lm_lab.models import GPT  # (lazily: the models package imports the optimizers' config)
+
+    cfg = getattr(model, "config", None)
+    if not isinstance(model, GPT) or cfg is None:
+        return {}
+    with torch.device("meta"):
+        shapes = {name: p.ndim for name, p in GPT(cfg).named_parameters(remove_duplicate=False)}
+    out = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        for prefix in WRAPPER_PREFIXES:
+            name = name.replace(prefix, "")
+        if name in shapes:
+            out[id(p)] = shapes[name]
+    return out
 
 
 def param_groups(
@@ -103,16 +132,18 @@ def param_groups(
 
     litgpt's pretrain decays every parameter, norms included; that is a known complaint.
     """
+    ndim = {}
     if isinstance(model, nn.Module):
         embeddings = embedding_ids(model) if embeddings is None else embeddings
         params = list(model.parameters())
+        ndim = original_ndims(model)
     else:
         params = list(model)
         if not decay_embeddings and embeddings is None:
             raise ValueError("decay_embeddings=False over a list of parameters needs their embeddings' ids")
     params = [p for p in params if p.requires_grad]
     exempt = set() if decay_embeddings else embeddings
-    decayed = {id(p) for p in params if p.ndim >= 2 and id(p) not in exempt}
+    decayed = {id(p) for p in params if ndim.get(id(p), p.ndim) >= 2 and id(p) not in exempt}
     return [
         {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
