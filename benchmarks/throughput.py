@@ -215,8 +215,8 @@ class Alternate(L.Callback):
             raise RuntimeError(f"Alternate must be the first callback, not {type(trainer.callbacks[0]).__name__}")
         if trainer.accumulate_grad_batches != 1:
             raise SystemExit("the bare loop has no gradient accumulation: keep train.micro_batch_size = batch_size")
-        self.device = pl_module.device
-        self.step = BareStep(self.run, self.device, trainer.precision)
+        self.device, self.precision = pl_module.device, trainer.precision
+        self.step = BareStep(self.run, self.device, self.precision)
         lab = pl_module.model.state_dict()
         self.same_init = all(torch.equal(v, lab[k]) for k, v in self.step.model.state_dict().items())
         if not self.same_init:  # should not happen: say so, and start from the same weights anyway
@@ -288,15 +288,14 @@ def measure(args, model: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         loggers = [] if "logger" in args.drop else default_loggers(tmp)
         results = fit(run, tmp, resume=None, callbacks=[alternate, *lab_callbacks(tmp, args.drop)], loggers=loggers)
-    module = results.module
     out = {
         "run": run.derive(),
         "device": alternate.device,
-        "precision": module.trainer.precision,
+        "precision": alternate.precision,
         "alternate": alternate,
         "stop_reason": results.stop_reason,
     }
-    del results, module, alternate.step, alternate.batches
+    del results, alternate.step, alternate.batches
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

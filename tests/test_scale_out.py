@@ -212,16 +212,14 @@ def test_fsdp_killed_then_the_same_command_resumes_exactly(fsdp, tmp_path, cache
 
 
 @pytest.mark.slow
-def test_a_consolidated_fsdp_checkpoint_resumes_on_one_device(fsdp, one, tmp_path, cache_dir):
+def test_a_consolidated_fsdp_checkpoint_resumes_on_one_device(fsdp, tmp_path, cache_dir, capsys):
     """`lm-lab consolidate` makes one file of a sharded step-6 checkpoint: load_model reads it, and a single
     process resumes it (weights and optimizer state) to the losses of the sharded run."""
+    from lm_lab.cli import main
+
     out = tmp_path / "step6.ckpt"
-    proc = launch(
-        [sys.executable, "-m", "lm_lab.cli", "consolidate", str(fsdp / "checkpoints" / "step6.ckpt"), str(out)],
-        cache_dir,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "step 6" in proc.stdout
+    assert main(["consolidate", str(fsdp / "checkpoints" / "step6.ckpt"), str(out)]) == 0
+    assert "step 6" in capsys.readouterr().out
     cfg, model = load_model(out)
     assert cfg.n_layer == 2 and isinstance(model, GPT)
     state = read_checkpoint(out)
@@ -318,11 +316,15 @@ def test_fsdp_settings_and_combinations_are_checked_before_any_work(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_sharded_checkpoint_is_refused_without_fsdp(fsdp, tmp_path, cache_dir):
-    proc = launch(command(tmp_path / "run", *ONE, f"ckpt_path={fsdp}/checkpoints/step6.ckpt"), cache_dir)
-    assert proc.returncode == 2
-    assert "is a sharded FSDP checkpoint: resume it with trainer=fsdp, or make one file of it" in proc.stderr
-    assert "lm-lab consolidate" in proc.stderr
+def test_a_sharded_checkpoint_is_refused_without_fsdp(fsdp, tmp_path):
+    from lm_lab.launch import fit_from_config
+
+    cfg = compose(["experiment=smoke", *ONE, f"run_dir={tmp_path / 'run'}", f"ckpt_path={fsdp}/checkpoints/step6.ckpt"])
+    with pytest.raises(
+        ConfigError, match="is a sharded FSDP checkpoint: resume it with trainer=fsdp, or make one file"
+    ):
+        fit_from_config(cfg)
+    assert not (tmp_path / "run" / "config.yaml").exists()
 
 
 # -- SLURM through hydra-submitit-launcher ---------------------------------------------------------------------
