@@ -24,7 +24,7 @@ def score(run: RunConfig, weights: str | dict[str, torch.Tensor]) -> float:
     data = data_module(run, val_tokens=tr.final_tokens)
     module = LMModule(run.model, run.optimizer, run.scheduler, max_steps=tr.max_steps)
     module.start_from(state)
-    kwargs = run.trainer.lightning_kwargs()
+    kwargs = run.trainer.lightning_kwargs(run.model)
     kwargs.update(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer = L.Trainer(**kwargs)
     trainer.validate(module, datamodule=data, verbose=False)
