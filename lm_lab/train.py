@@ -403,7 +403,7 @@ def _budget_figures(run: RunConfig, tokens: int, seconds: float, budget) -> dict
     return out
 
 
-def _throughput(run: RunConfig, trainer: L.Trainer, module: LMModule, tokens: int) -> dict:
+def _throughput(run: RunConfig, trainer: L.Trainer, tokens: int, seconds: float) -> dict:
     """Tokens and sequences per second, overall and per device, and MFU (PaLM App. B: model FLOPs per second over
     the devices' dense peak): over train_seconds (validations and checkpoints inside), and over this start's
     training steps alone (the throughput callback's clock)."""
@@ -411,7 +411,6 @@ def _throughput(run: RunConfig, trainer: L.Trainer, module: LMModule, tokens: in
     device = trainer.strategy.root_device
     peak = peak_flops(device, trainer.precision, run.budget.peak_tflops)
     fpt = flops_per_token(run.model, tr.seq_len)
-    seconds = module.train_seconds()
     per_sec = tokens / seconds if seconds > 0 else None
     measured = next((c.measured() for c in trainer.callbacks if isinstance(c, TokenThroughput)), None)
     steps, step_seconds = measured if measured else (0, 0.0)
@@ -491,7 +490,7 @@ def _results(run, data, module, trainer, val_loss, stop_reason, failure, overrid
         tokens_per_step=run.tokens_per_step,
         train_seconds=total,
         train_seconds_last_start=total - module.train_seconds_before,
-        **_throughput(run, trainer, module, tokens),
+        **_throughput(run, trainer, tokens, total),
         **_budget_figures(run, tokens, total, budget),
         wall_seconds=time.time() - started,
         starts=module.starts,

@@ -29,7 +29,17 @@ from lm_lab.train import fit
 from tests.helpers import InjectNaN, step_snapshots
 from tests.test_fit import smoke
 
-TIMING = {"train_seconds", "train_seconds_last_start", "tokens_per_sec", "wall_seconds", "starts"}
+TIMING = {
+    "train_seconds",
+    "train_seconds_last_start",
+    "tokens_per_sec",
+    "samples_per_sec",
+    "tokens_per_sec_per_device",
+    "samples_per_sec_per_device",
+    "step_tokens_per_sec",
+    "wall_seconds",
+    "starts",
+}
 
 
 class Killed(BaseException):
