@@ -22,13 +22,20 @@ interval. Peak memory: on CUDA the allocator's peak over each side's step (peak 
 models are resident, so what differs is each side's step); on CPU the peak RSS (VmHWM) of a child process that
 runs only that side (`--memory-only`). Losses of the two sides are compared step by step.
 
-    python benchmarks/throughput.py                # CPU: gpt2_tiny and llama_tiny, batch 16 x 256, fp32
-    python benchmarks/throughput.py --models gpt2_tiny --steps 300          # the CPU target's figure
-    python benchmarks/throughput.py --models gpt2_small,gpt2_medium        # GPU (its default): bf16, compile
-    python benchmarks/throughput.py --profile 20   # cProfile of the Lightning interval vs the bare step
+    python benchmarks/throughput.py --threads 1    # CPU: gpt2_tiny, llama_tiny; batch 16 x 256, fp32, 150 pairs
+    python benchmarks/throughput.py                # GPU: gpt2_small, gpt2_medium; batch 16 x 1024, bf16, compile
+    python benchmarks/throughput.py --models gpt2_tiny --batch 2 --seq-len 32 --override model.n_layer=1 \
+        --threads 1 --no-child-memory --profile 30     # Lightning's fixed cost per step, and cProfile's view of it
+
+On a shared CPU use `--threads 1`: two OpenMP threads on two busy cores stall at every parallel region (on the
+2-core CI machine beside a test suite: 1.2-3.4 s a step instead of 0.34 s, per-pair ratios from 0.55 to 1.29;
+one thread: 0.75 s, 0.90 to 1.06). On a GPU, `--child-memory` adds each side's peak measured alone.
 
 Targets: on CPU, gpt2_tiny's Lightning side at >= 0.97 of the bare loop's tokens/s; on an H100/H200 with
 gpt2_small and gpt2_medium (bf16, --compile, batch 16 x 1024), >= 0.98 of the bare loop and MFU >= 45%.
+Every step ends in a CUDA synchronisation on both sides (it is how a step is timed), so neither overlaps the
+next step's launches with the previous step's kernels; the lab's step also synchronises once inside (its
+non-finite gradient-norm check, before the optimizer step), which the bare loop does not.
 `--override key=value` passes any lab setting through (e.g. `--override optimizer.lr=3e-4`); `--drop NAME`
 leaves out one of the lab's callbacks (throughput, loss_spikes, checkpoint, last_checkpoint) or the logger.
 """
@@ -39,7 +46,6 @@ import argparse
 import cProfile
 import gc
 import inspect
-import io
 import json
 import math
 import pstats
@@ -379,6 +385,29 @@ def median_ratio(ratios: np.ndarray) -> tuple[float, float, float]:
     return float(np.median(ratios)), float(ci.low), float(ci.high)
 
 
+def print_profile(side: str, prof: cProfile.Profile, n: int, seconds: float, top: int) -> None:
+    """The `top` functions by cumulative time per step, leaving out those that hold more than a fifth of the
+    interval (the loop's wrappers around forward, backward and the optimizer step), so what a Lightning step
+    adds stands out. cProfile's own cost inflates Python-heavy functions: compare the two sides, not the clock."""
+    rows = [
+        (
+            f.cumtime / n,
+            f.tottime / n,
+            int(str(f.ncalls).split("/")[0]),
+            name,
+            f"{Path(f.file_name).name}:{f.line_number}",
+        )
+        for name, f in pstats.Stats(prof).get_stats_profile().func_profiles.items()
+        if f.cumtime < 0.2 * seconds
+    ]
+    print(
+        f"-- cProfile of the {side} ({1e3 * seconds / n:.2f} ms a step, profiler on): per step, by cumulative time --"
+    )
+    print(f"{'cum ms':>8} {'own ms':>8} {'calls':>6}  function")
+    for cum, own, calls, name, where in sorted(rows, reverse=True)[:top]:
+        print(f"{1e3 * cum:8.3f} {1e3 * own:8.3f} {calls / n:6.1f}  {name} ({where})")
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -429,8 +458,9 @@ def report(args, model: str, m: dict, memory: dict | None) -> str:
             else "INIT DIFFERED: the bare model got Lightning's weights"
         )
     )
+    peaks = None  # the summary's: CUDA's in-process peaks on a GPU, else the children's peak RSS
     if device.type == "cuda":
-        mem = {s: a.memory[s] for s in ("lightning", "bare")}
+        mem = peaks = {s: a.memory[s] for s in ("lightning", "bare")}
         print(
             f"peak CUDA memory over each side's step (torch.cuda.max_memory_allocated, peak reset before it; both "
             f"models, optimizers and Lightning's gradients, kept until its next zero_grad, are resident): "
@@ -439,6 +469,7 @@ def report(args, model: str, m: dict, memory: dict | None) -> str:
         )
     if memory:
         mem = {s: memory[s]["peak_rss"] for s in ("lightning", "bare")}
+        peaks = peaks or mem
         print(
             f"peak RSS (VmHWM of a child process that runs only that side, {args.memory_steps} steps, the same "
             f"imports and data): lightning {mib(mem['lightning'])} (RSS {mib(memory['lightning']['start_rss'])} when "
@@ -450,12 +481,8 @@ def report(args, model: str, m: dict, memory: dict | None) -> str:
                 f"bare {mib(memory['bare']['cuda_peak'])}"
             )
     if a.profiles:
-        for side, prof in zip(("lightning interval", "bare step"), a.profiles, strict=True):
-            out = io.StringIO()
-            stats = pstats.Stats(prof, stream=out).strip_dirs().sort_stats("tottime")
-            stats.print_stats(args.profile)
-            print(f"-- cProfile of the {side} over the {n} measured pairs, by own time --")
-            print("\n".join(out.getvalue().splitlines()[3:]))
+        for side, prof, times in zip(("Lightning interval", "bare step"), a.profiles, (lit, bare), strict=True):
+            print_profile(side, prof, n, float(np.sum(times)), args.profile)
 
     if device.type == "cuda":
         target, met = ">= 0.98 and MFU >= 45% (H100/H200)", ratio >= 0.98 and (rows["lightning"][2] or 0) >= 0.45
@@ -466,7 +493,7 @@ def report(args, model: str, m: dict, memory: dict | None) -> str:
         f"summary {model}: Lightning/bare {ratio:.3f} [{low:.3f}, {high:.3f}] | {rows['lightning'][1]:,.0f} vs "
         f"{rows['bare'][1]:,.0f} tokens/s | "
         + (f"MFU {100 * mfu:.1f}% vs {100 * rows['bare'][2]:.1f}% | " if mfu is not None else "")
-        + (f"peak {mib(mem['lightning'])} vs {mib(mem['bare'])} | " if device.type == "cuda" or memory else "")
+        + (f"peak {mib(peaks['lightning'])} vs {mib(peaks['bare'])} | " if peaks else "")
         + f"losses {agree} (max rel {rel:.1g}) | target {target}: {'met' if met else 'MISSED'}"
     )
 
@@ -477,12 +504,12 @@ def main() -> None:
     parser.add_argument(
         "--models",
         default="gpt2_small,gpt2_medium" if cuda else "gpt2_tiny,llama_tiny",
-        help="comma-separated conf/model names, run in turn (default: gpt2_small,gpt2_medium on a GPU, else the tiny ones)",
+        help="conf/model names, comma-separated, run in turn (default: gpt2_small,gpt2_medium on a GPU, else tiny)",
     )
     parser.add_argument("--batch", type=int, default=16, help="global batch in sequences (no accumulation)")
     parser.add_argument("--seq-len", type=int, default=None, help="default: the model's block_size")
     parser.add_argument("--vocab-size", type=int, default=None, help="default: 4096 for *_tiny, else 50257")
-    parser.add_argument("--steps", type=int, default=200, help="measured pairs")
+    parser.add_argument("--steps", type=int, default=150, help="measured pairs")
     parser.add_argument("--warmup", type=int, default=10, help="pairs left out at the start")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=cuda, help="default: on a GPU only")
     parser.add_argument("--override", action="append", default=[], help="a lab setting, key=value (repeatable)")
@@ -497,6 +524,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--memory-only", choices=["lightning", "bare"], help=argparse.SUPPRESS)
     parser.add_argument("--profile", type=int, default=0, metavar="N", help="print cProfile's top N of each side")
+    parser.add_argument("--save", type=Path, default=None, help="write every pair's times and losses to this JSON file")
     args = parser.parse_args()
     args.drop = tuple(args.drop)
     if args.threads:
@@ -506,11 +534,16 @@ def main() -> None:
     if args.memory_only:  # the child process of --child-memory
         print("MEMORY " + json.dumps(memory_only(args, models[0], args.memory_only)), flush=True)
         return
-    summaries = []
+    summaries, saved = [], {}
     for model in models:
         m = measure(args, model)
         memory = {s: child_memory(args, model, s) for s in ("lightning", "bare")} if args.child_memory else None
         summaries.append(report(args, model, m, memory))
+        a = m["alternate"]
+        saved[model] = {"warmup": args.warmup, "lightning": a.lightning, "bare": a.bare, "losses": a.losses}
+        saved[model]["memory"] = memory or {k: v for k, v in a.memory.items()}
+    if args.save:
+        args.save.write_text(json.dumps(saved))
     print()
     print("\n".join(summaries))
 
