@@ -322,6 +322,20 @@ def _saved(obj) -> io.BytesIO:
     return buffer
 
 
+def signal_at_step(proc: subprocess.Popen, losses: Path, step: int, sig: int) -> tuple[int, str]:
+    """Send `sig` once the run has logged `step` (or ended); (the last step seen, the run's stderr)."""
+    deadline, seen = time.time() + 180, 0
+    while time.time() < deadline and proc.poll() is None:
+        lines = losses.read_text().splitlines() if losses.exists() else []
+        seen = json.loads(lines[-1])["step"] if lines else 0
+        if seen >= step:
+            break
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=120)
+    return seen, stderr
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT])
 def test_sigterm_and_sigint_save_at_the_next_step_then_exit(tmp_path, cache_dir, reference, sig):
@@ -332,15 +346,7 @@ def test_sigterm_and_sigint_save_at_the_next_step_then_exit(tmp_path, cache_dir,
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env(cache_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
-    deadline, seen = time.time() + 180, 0
-    while time.time() < deadline and proc.poll() is None:
-        lines = (tmp_path / "losses.jsonl").read_text().splitlines() if (tmp_path / "losses.jsonl").exists() else []
-        seen = json.loads(lines[-1])["step"] if lines else 0
-        if seen >= 12:
-            break
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    seen, stderr = signal_at_step(proc, tmp_path / "losses.jsonl", 12, sig)
     assert proc.returncode == 130, stderr[-2000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
@@ -384,15 +390,7 @@ def test_under_slurm_a_signal_saves_at_a_step_boundary_and_the_requeued_job_resu
     )
     job_env = {**env(cache_dir), **slurm}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=job_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline, seen = time.time() + 180, 0
-    while time.time() < deadline and proc.poll() is None:
-        lines = (tmp_path / "losses.jsonl").read_text().splitlines() if (tmp_path / "losses.jsonl").exists() else []
-        seen = json.loads(lines[-1])["step"] if lines else 0
-        if seen >= 12:
-            break
-        time.sleep(0.01)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
+    seen, stderr = signal_at_step(proc, tmp_path / "losses.jsonl", 12, sig)
     assert proc.returncode == 130, stderr[-2000:]
     saved = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"]
     assert 12 <= seen <= saved <= seen + 3 < 30  # saved at the next step boundary
