@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -210,7 +211,7 @@ def _prune_unknown_best(trainer: L.Trainer) -> None:
         for path in Path(cb.dirpath).glob(f"{prefix}*.ckpt"):
             if str(path.resolve()) not in known:
                 log.info("removing %s: a best checkpoint the resumed run does not keep", path)
-                path.unlink()
+                shutil.rmtree(path) if path.is_dir() else path.unlink()  # a sharded FSDP checkpoint is a folder
 
 
 def under_slurm() -> bool:
