@@ -23,11 +23,7 @@ trainer's checkpoint IO, atomic in this lab. Besides:
 from __future__ import annotations
 
 import logging
-import os
-import re
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -37,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from lm_lab.guards import NonFiniteError, StopRequested
+from lm_lab.strategies import requeue_slurm_job, under_slurm
 
 log = logging.getLogger(__name__)
 
@@ -211,25 +208,4 @@ def _prune_unknown_best(trainer: L.Trainer) -> None:
         for path in Path(cb.dirpath).glob(f"{prefix}*.ckpt"):
             if str(path.resolve()) not in known:
                 log.info("removing %s: a best checkpoint the resumed run does not keep", path)
-                shutil.rmtree(path) if path.is_dir() else path.unlink()  # a sharded FSDP checkpoint is a folder
-
-
-def under_slurm() -> bool:
-    """Running as a SLURM job step (not an interactive shell on an allocation): Lightning's own test."""
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    return SLURMEnvironment.detect()
-
-
-def requeue_slurm_job() -> str:
-    """Put this SLURM job back in the queue, as Lightning's SLURM auto-requeue does (`scontrol requeue JOB`, an
-    array task as ARRAYJOB_TASK); what happened, in words."""
-    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID", "")
-    if not re.fullmatch(r"[0-9_]+", job):
-        return f"not requeued (no SLURM job id, SLURM_JOB_ID={job!r})"
-    try:
-        code = subprocess.call(["scontrol", "requeue", job])
-    except FileNotFoundError:
-        return f"not requeued: scontrol is not on PATH (job {job})"
-    return f"job {job} requeued" if code == 0 else f"requeueing job {job} failed (scontrol exit status {code})"
+                trainer.strategy.remove_checkpoint(path)  # a file, or a sharded FSDP checkpoint's folder

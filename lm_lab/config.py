@@ -34,7 +34,7 @@ from lm_lab.models import ModelConfig
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, lr_multiplier
 from lm_lab.scaling.budget import BudgetConfig, budget_steps
 from lm_lab.scaling.width_depth import register_resolvers
-from lm_lab.strategies import FSDPConfig, build_strategy
+from lm_lab.strategies import FSDPConfig, build_strategy, slurm_count
 
 register_resolvers()  # ${lm_lab.width_for:...} in conf/experiment/width_depth.yaml, wherever a config is resolved
 
@@ -199,14 +199,14 @@ class TrainerConfig:
 
     def resolved_devices(self):
         """`devices` for the Trainer: `auto` under SLURM is its tasks per node (one process per GPU)."""
-        if self.devices in ("auto", -1, "-1") and _slurm_count("SLURM_NTASKS_PER_NODE"):
-            return _slurm_count("SLURM_NTASKS_PER_NODE")
+        if self.devices in ("auto", -1, "-1") and slurm_count("SLURM_NTASKS_PER_NODE"):
+            return slurm_count("SLURM_NTASKS_PER_NODE")
         return self.devices
 
     def resolved_nodes(self) -> int:
         """`num_nodes` for the Trainer: `auto` is the SLURM job's node count, or 1 outside SLURM."""
         if self.num_nodes == "auto":
-            return _slurm_count("SLURM_JOB_NUM_NODES") or _slurm_count("SLURM_NNODES") or 1
+            return slurm_count("SLURM_JOB_NUM_NODES") or slurm_count("SLURM_NNODES") or 1
         return self.num_nodes
 
     @property
@@ -241,12 +241,6 @@ class TrainerConfig:
             "num_nodes": self.resolved_nodes(),
             "strategy": strategy,
         }
-
-
-def _slurm_count(name: str) -> int | None:
-    """A SLURM count variable as an int (`4(x2)`, SLURM's per-node list for uniform nodes, is 4)."""
-    value = os.environ.get(name, "").split("(")[0].split(",")[0]
-    return int(value) if value.isdigit() and int(value) > 0 else None
 
 
 INITS = ("random", "fork", "weights", "inheritune", "stacking", "hybrid_stacking", "half_width", "every_other")

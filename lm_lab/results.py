@@ -107,7 +107,8 @@ class Results:
     device's (they share the work equally). Null off a GPU of the device table (or give budget.peak_tflops)."""
     step_tokens_per_sec: float | None
     """Tokens per second of the last start's training steps alone (validation excluded; callbacks.throughput's
-    clock): the figure to compare with a benchmark. Null without the throughput callback."""
+    clock): the figure to compare with a benchmark. Null without the throughput callback, or when the start was
+    interrupted (the callback's clock is read when training ends)."""
     step_mfu: float | None
     """MFU of the same training steps (step_tokens_per_sec x flops_per_token / (devices x peak))."""
     devices: int | None

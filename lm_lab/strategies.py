@@ -9,13 +9,16 @@
   the previous checkpoint whole). `lm-lab consolidate` turns a sharded checkpoint into one file.
 
 Nodes and ranks come from Lightning's cluster environments: under SLURM its `SLURMEnvironment` (with its own
-requeue handler off: `callbacks.LastCheckpoint` saves at a step boundary, then requeues).
+requeue handler off: `callbacks.LastCheckpoint` saves at a step boundary, then `requeue_slurm_job`). The SLURM
+variables the lab reads (`slurm_count`, `under_slurm`) are read here and nowhere else.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,7 +91,34 @@ def cluster_plugins() -> list:
     inside the signal handler, possibly mid-step; `LastCheckpoint` saves at the next step boundary instead)."""
     from lightning.fabric.plugins.environments import SLURMEnvironment
 
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+    return [SLURMEnvironment(auto_requeue=False)] if under_slurm() else []
+
+
+def under_slurm() -> bool:
+    """Running as a SLURM job step (not an interactive shell on an allocation): Lightning's own test."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
+
+
+def slurm_count(name: str) -> int | None:
+    """A SLURM count variable as an int (`4(x2)`, SLURM's per-node list for uniform nodes, is 4)."""
+    value = os.environ.get(name, "").split("(")[0].split(",")[0]
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def requeue_slurm_job() -> str:
+    """Put this SLURM job back in the queue, as Lightning's SLURM auto-requeue does (`scontrol requeue JOB`, an
+    array task as ARRAYJOB_TASK); what happened, in words."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{task}" if array_job and task else os.environ.get("SLURM_JOB_ID", "")
+    if not re.fullmatch(r"[0-9_]+", job):
+        return f"not requeued (no SLURM job id, SLURM_JOB_ID={job!r})"
+    try:
+        code = subprocess.call(["scontrol", "requeue", job])
+    except FileNotFoundError:
+        return f"not requeued: scontrol is not on PATH (job {job})"
+    return f"job {job} requeued" if code == 0 else f"requeueing job {job} failed (scontrol exit status {code})"
 
 
 def is_sharded_checkpoint(path: str | os.PathLike) -> bool:
@@ -118,12 +148,6 @@ class ShardedStrategy(FSDPStrategy):
         if self.global_rank == 0:
             swap_into_place(temp, target)
         self.barrier("sharded_checkpoint_done")
-
-    def remove_checkpoint(self, filepath) -> None:
-        if self.global_rank == 0 and Path(filepath).is_dir():
-            shutil.rmtree(filepath)
-        elif self.global_rank == 0:
-            super().remove_checkpoint(filepath)
 
     def _setup_model(self, model: torch.nn.Module) -> torch.nn.Module:
         if self.root_device.type != "cpu":

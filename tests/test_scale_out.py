@@ -387,7 +387,7 @@ def test_the_slurm_launcher_config_becomes_the_sbatch_script_submitit_submits(tm
 
 
 def test_requeue_asks_scontrol_for_this_job_or_array_task(tmp_path, monkeypatch):
-    from callbacks.checkpoint import requeue_slurm_job
+    from lm_lab.strategies import requeue_slurm_job
 
     log = tmp_path / "scontrol.log"
     fake = tmp_path / "bin" / "scontrol"
