@@ -446,8 +446,13 @@ law = LawObjective(space, load_fit(fit))
 def objective(number, params, run_dir):
     with open(Path(directory) / "markers" / f"{number:04d}", "x") as f:  # a second run of a trial fails here
         f.write(str(os.getpid()))
+    while time.time() < deadline and not others_took_a_trial():  # so both workers surely take trials
+        time.sleep(0.01)
     time.sleep(0.05)
     return law(number, params, run_dir)
+
+def others_took_a_trial():
+    return any(m.read_text() != str(os.getpid()) for m in (Path(directory) / "markers").iterdir())
 
 (Path(directory) / "markers").mkdir(parents=True, exist_ok=True)
 Path(me).touch()
