@@ -34,7 +34,7 @@ from lm_lab.models import ModelConfig
 from lm_lab.optim import OptimizerConfig, SchedulerConfig, lr_multiplier
 from lm_lab.scaling.budget import BudgetConfig, budget_steps
 from lm_lab.scaling.width_depth import register_resolvers
-from lm_lab.strategies import FSDPConfig, build_strategy, slurm_count
+from lm_lab.strategies import FSDPConfig, build_strategy, slurm_nodes, slurm_tasks_per_node
 
 register_resolvers()  # ${lm_lab.width_for:...} in conf/experiment/width_depth.yaml, wherever a config is resolved
 
@@ -199,14 +199,14 @@ class TrainerConfig:
 
     def resolved_devices(self):
         """`devices` for the Trainer: `auto` under SLURM is its tasks per node (one process per GPU)."""
-        if self.devices in ("auto", -1, "-1") and slurm_count("SLURM_NTASKS_PER_NODE"):
-            return slurm_count("SLURM_NTASKS_PER_NODE")
+        if self.devices in ("auto", -1, "-1") and slurm_tasks_per_node():
+            return slurm_tasks_per_node()
         return self.devices
 
     def resolved_nodes(self) -> int:
         """`num_nodes` for the Trainer: `auto` is the SLURM job's node count, or 1 outside SLURM."""
         if self.num_nodes == "auto":
-            return slurm_count("SLURM_JOB_NUM_NODES") or slurm_count("SLURM_NNODES") or 1
+            return slurm_nodes() or 1
         return self.num_nodes
 
     @property

@@ -10,7 +10,7 @@
 
 Nodes and ranks come from Lightning's cluster environments: under SLURM its `SLURMEnvironment` (with its own
 requeue handler off: `callbacks.LastCheckpoint` saves at a step boundary, then `requeue_slurm_job`). The SLURM
-variables the lab reads (`slurm_count`, `under_slurm`) are read here and nowhere else.
+variables the lab reads (`under_slurm`, `slurm_tasks_per_node`, `slurm_nodes`) are read here and nowhere else.
 """
 
 from __future__ import annotations
@@ -101,7 +101,17 @@ def under_slurm() -> bool:
     return SLURMEnvironment.detect()
 
 
-def slurm_count(name: str) -> int | None:
+def slurm_tasks_per_node() -> int | None:
+    """The SLURM job's tasks (processes) per node, or None outside SLURM."""
+    return _slurm_count("SLURM_NTASKS_PER_NODE")
+
+
+def slurm_nodes() -> int | None:
+    """The SLURM job's node count, or None outside SLURM."""
+    return _slurm_count("SLURM_JOB_NUM_NODES") or _slurm_count("SLURM_NNODES")
+
+
+def _slurm_count(name: str) -> int | None:
     """A SLURM count variable as an int (`4(x2)`, SLURM's per-node list for uniform nodes, is 4)."""
     value = os.environ.get(name, "").split("(")[0].split(",")[0]
     return int(value) if value.isdigit() and int(value) > 0 else None

@@ -1598,7 +1598,7 @@ MUTANTS = [
     M(
         "slurm-tasks-ignored",
         "lm_lab/config.py",
-        '        if self.devices in ("auto", -1, "-1") and slurm_count("SLURM_NTASKS_PER_NODE"):',
+        '        if self.devices in ("auto", -1, "-1") and slurm_tasks_per_node():',
         "        if False:",
         ("tests/test_scale_out.py::test_the_trainer_configs_build_their_strategies",),
         "under SLURM devices=auto counts the visible GPUs, not the job's tasks per node",
